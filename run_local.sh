@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# ./run_local.sh          the local demo (SPEC 1): venv, install, moto Kinesis, backfill, streaming replay
+# ./run_local.sh test     the whole test suite
+# ./run_local.sh bench    the benchmarks of SPEC 8 (regenerates BENCHMARKS.md)
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.installed-$(cat setup.py | sha1sum | cut -c1-12)
+if [ ! -f "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e ".[test,bench]"
+  touch "$stamp"
+fi
+export PYTHONUNBUFFERED=1
+case "${1:-demo}" in
+  test)  shift; exec .venv/bin/python -m pytest -q "$@" tests ;;
+  bench) shift; exec .venv/bin/python -m bench "$@" ;;
+  demo)  shift || true; exec .venv/bin/python -m pipelines.demo "$@" ;;
+  *) echo "usage: $0 [test|bench|demo]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,56 @@
+"""The domain values that flow between transforms.
+
+Plain NamedTuples: cheap to build on the hot path, picklable, and encoded by Beam's
+default coders without registration.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
+
+
+class ProfileUpdate(NamedTuple):
+    """One change to a profile (SPEC 4), already validated.
+
+    ``attributes`` is the partial nested object as received: each leaf (any non-dict
+    value, lists included) is a write to its path, ``None`` deletes the path.
+    ``identities`` / ``identity_removals`` map a namespace to the ids added / removed.
+    ``event`` is an experience event; its time is ``event['timestamp']`` when it carries
+    one (epoch ms after parsing), else the update's ``timestamp_ms``.
+    """
+    profile_id: str
+    timestamp_ms: int
+    dataset_id: Optional[str] = None
+    identities: Mapping[str, Tuple[str, ...]] = {}
+    identity_removals: Mapping[str, Tuple[str, ...]] = {}
+    attributes: Mapping[str, Any] = {}
+    event: Optional[Mapping[str, Any]] = None
+
+
+class SegmentStatus(NamedTuple):
+    status: str  # "realized" | "exited"
+    last_qualification_ms: int
+
+
+class SnapshotProfile(NamedTuple):
+    """A profile state read from a Parquet snapshot row (streaming seed)."""
+    profile_id: str
+    timestamp_ms: int
+    identities: Mapping[str, Tuple[str, ...]]
+    attributes: Mapping[str, Any]
+    segment_membership: Mapping[str, SegmentStatus]  # audience id -> status ('existing' read as realized)
+
+
+class ExportRecord(NamedTuple):
+    """A record for the sink: partition key, compact UTF-8 JSON data, and the update time
+    that produced it (for the export-latency metric; ``None`` when unknown)."""
+    partition_key: str
+    data: bytes
+    event_time_ms: Optional[int] = None
+
+
+class DeadLetter(NamedTuple):
+    """Something that could not be processed: why, where it came from, and the raw text."""
+    reason: str
+    source: str           # file path (or stream/shard)
+    position: Optional[str]  # "line 12" / "offset 4096" / "record 3"
+    raw: str
