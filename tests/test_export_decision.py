@@ -1,0 +1,67 @@
+import pytest
+
+from tests.export_helpers import audience, make_config
+from transforms.config import MappedAudience, MergePolicyConfig
+from transforms.export_decision import ExportDecider, ExportPlan
+
+NOW = 1000
+# mp-a: mapped A1, A2, unmapped U1; mp-b: mapped B1, unmapped U2
+CONFIG = make_config(
+    audiences=(audience("A1", "x = 1", "mp-a"), audience("U1", "x = 1", "mp-a"),
+               audience("A2", "x = 1", "mp-a"), audience("B1", "x = 1", "mp-b"),
+               audience("U2", "x = 1", "mp-b")),
+    mapped=(MappedAudience("A1"), MappedAudience("A2"), MappedAudience("B1")),
+    policies=(MergePolicyConfig("mp-a", "timestamp_ordered", default=True),
+              MergePolicyConfig("mp-b", "dataset_precedence", datasets=("crm",))),
+    attributes=("person.name.firstName", "person.name.lastName", "personalEmail.address"))
+DECIDER = ExportDecider(CONFIG)
+
+
+def plan(policy, ups, *triggers):
+    return ExportPlan(policy, tuple(ups), triggers)
+
+
+CASES = [
+    # (id, before, after, identities_changed, attribute_written, expected plans)
+    ("nothing changed", {"A1": 5}, {"A1": 5}, False, False, ()),
+    ("entry", {}, {"A1": NOW}, False, False, (plan("mp-a", [("A1", "realized", NOW)], "audience"),)),
+    ("entry carries unmapped members of the policy only",
+     {"U1": 3, "U2": 4}, {"A1": NOW, "U1": 3, "U2": 4}, False, False,
+     (plan("mp-a", [("A1", "realized", NOW), ("U1", "realized", 3)], "audience"),)),
+    ("exit announced with other members", {"A1": 5, "A2": 6}, {"A2": 6}, False, False,
+     (plan("mp-a", [("A1", "exited", NOW), ("A2", "realized", 6)], "audience"),)),
+    ("unmapped change alone exports nothing", {"A1": 5}, {"A1": 5, "U1": NOW}, False, False, ()),
+    ("identity change of a non-member", {"U1": 5}, {"U1": 5}, True, False, ()),
+    ("identity change of a member", {"A1": 5}, {"A1": 5}, True, False,
+     (plan("mp-a", [("A1", "realized", 5)], "identity"),)),
+    ("mapped attribute write of a member, both policies", {"A2": 5, "B1": 6, "U2": 7}, {"A2": 5, "B1": 6, "U2": 7},
+     False, True, (plan("mp-a", [("A2", "realized", 5)], "attribute"),
+                   plan("mp-b", [("B1", "realized", 6), ("U2", "realized", 7)], "attribute"))),
+    ("exit in one policy, attribute write in the other", {"A1": 5, "B1": 6}, {"B1": 6}, True, True,
+     (plan("mp-a", [("A1", "exited", NOW)], "audience"),
+      plan("mp-b", [("B1", "realized", 6)], "identity", "attribute"))),
+    ("entry plus identity in the same policy", {}, {"A1": NOW}, True, False,
+     (plan("mp-a", [("A1", "realized", NOW)], "audience", "identity"),)),
+    ("exit of the last mapped audience with an identity change", {"B1": 5}, {}, True, False,
+     (plan("mp-b", [("B1", "exited", NOW)], "audience"),)),
+]
+
+
+@pytest.mark.parametrize("before,after,ids,attrs,expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_decide(before, after, ids, attrs, expected):
+    assert DECIDER.decide(before, after, NOW, ids, attrs) == expected
+
+
+@pytest.mark.parametrize("paths,written", [
+    (["person.name.firstName"], True),
+    (["person.name"], True),                      # leaf or delete above mapped paths
+    (["person"], True),
+    (["person.name.middleName"], False),
+    (["person.nameSuffix"], False),
+    (["personalEmail.address.domain"], True),     # under a mapped path
+    (["loyalty.points", "personalEmail.address"], True),
+    (["loyalty.points"], False),
+    ([], False),
+])
+def test_attribute_written(paths, written):
+    assert DECIDER.attribute_written(paths) is written

@@ -1,0 +1,102 @@
+import pytest
+
+from transforms.config import MergePolicyConfig
+from transforms.merge import MergePolicies, merge_identities
+
+TS = MergePolicyConfig("mp-ts", "timestamp_ordered", default=True)
+CRM_FIRST = MergePolicyConfig("mp-crm", "dataset_precedence", datasets=("crm", "loyalty"))
+
+
+def views(writes_in_arrival_order, configs=(TS, CRM_FIRST)):
+    """Apply ``(timestamp, dataset, attributes)`` writes in order; the view of every policy."""
+    policies = MergePolicies(configs)
+    writes = {}
+    for seq, (ts, dataset, attributes) in enumerate(writes_in_arrival_order, 1):
+        policies.record(writes, attributes, dataset, ts, seq)
+    return policies.views(writes, [c.id for c in configs])
+
+
+def name(first):
+    return {"person": {"name": {"firstName": first}}}
+
+
+CASES = [
+    # (id, writes in arrival order, expected timestamp_ordered view, expected crm-first view)
+    ("latest wins", [(1, "web", name("A")), (2, "web", name("B"))],
+     name("B"), name("B")),
+    ("out of order never overwrites newer", [(2, "web", name("B")), (1, "web", name("A"))],
+     name("B"), name("B")),
+    ("tie goes to later arrival", [(5, "web", name("A")), (5, None, name("B"))],
+     name("B"), name("B")),
+    ("tie across datasets, later arrival", [(5, "crm", name("A")), (5, "loyalty", name("B"))],
+     name("B"), name("A")),
+    ("precedence beats newer lower dataset", [(1, "crm", name("C")), (9, "loyalty", name("L")), (10, "web", name("W"))],
+     name("W"), name("C")),
+    ("unlisted rank below in timestamp order", [(3, "web", name("W3")), (2, None, name("N2"))],
+     name("W3"), name("W3")),
+    ("unlisted only, out of order", [(3, None, name("N3")), (2, "web", name("W2"))],
+     name("N3"), name("N3")),
+    ("delete removes the path", [(1, "crm", name("A")), (2, "crm", name(None))],
+     {}, {}),
+    ("late write older than delete stays deleted", [(2, "crm", name(None)), (1, "crm", name("A"))],
+     {}, {}),
+    ("delete from D removes only D's value", [(1, "loyalty", name("L")), (2, "crm", name("C")), (3, "crm", name(None))],
+     {}, name("L")),
+    ("delete of an object deletes its leaves", [(1, "crm", name("A")), (2, "crm", {"person": {"name": None}})],
+     {}, {}),
+    ("late leaf under a newer deleted object is dropped",
+     [(2, "crm", {"person": {"name": None}}), (1, "crm", name("A"))], {}, {}),
+    ("newer leaf under an older deleted object shows",
+     [(1, "crm", {"person": {"name": None}}), (2, "crm", name("A"))], name("A"), name("A")),
+    ("leaf replaces object, then object replaces leaf",
+     [(1, None, name("A")), (2, None, {"person": {"name": "X"}}), (3, None, name("B"))],
+     name("B"), name("B")),
+    ("lower dataset deletes an object, higher keeps its leaf",
+     [(1, "crm", name("C")), (2, "loyalty", {"person": {"name": None}})], {}, name("C")),
+    ("siblings merge, lists are leaves", [(1, None, {"a": {"x": 1}}), (2, None, {"a": {"y": [1, 2]}})],
+     {"a": {"x": 1, "y": [1, 2]}}, {"a": {"x": 1, "y": [1, 2]}}),
+    ("empty object writes nothing", [(1, None, {"a": {"x": 1}}), (2, None, {"a": {}})],
+     {"a": {"x": 1}}, {"a": {"x": 1}}),
+]
+
+
+@pytest.mark.parametrize("writes,ts_view,crm_view", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_policies(writes, ts_view, crm_view):
+    got = views(writes)
+    assert got == {"mp-ts": ts_view, "mp-crm": crm_view}
+
+
+def test_single_bucket_without_precedence_policies():
+    policies = MergePolicies([TS])
+    writes = {}
+    policies.record(writes, name("A"), "crm", 1, 1)
+    policies.record(writes, {"x": 1}, "web", 2, 2)
+    assert writes == {None: {"person.name.firstName": (1, 1, "A"), "x": (2, 2, 1)}}
+
+
+def test_record_returns_every_written_path_even_superseded():
+    policies = MergePolicies([TS])
+    writes = {}
+    policies.record(writes, name("B"), None, 2, 1)
+    assert policies.record(writes, {"person": {"name": {"firstName": "A", "lastName": None}}}, None, 1, 2) \
+        == ["person.name.firstName", "person.name.lastName"]
+    assert policies.views(writes, ["mp-ts"])["mp-ts"] == name("B")
+
+
+def test_same_policy_semantics_share_one_view():
+    other = MergePolicyConfig("mp-ts2", "timestamp_ordered")
+    got = views([(1, None, name("A"))], configs=(TS, other))
+    assert got["mp-ts"] is got["mp-ts2"]
+
+
+@pytest.mark.parametrize("held,added,removed,changed,after", [
+    ({}, {"email": ("a",)}, {}, True, {"email": ("a",)}),
+    ({"email": ("a",)}, {"email": ("a",)}, {}, False, {"email": ("a",)}),
+    ({"email": ("a",)}, {"email": ("b", "b")}, {}, True, {"email": ("a", "b")}),
+    ({"email": ("a", "b")}, {}, {"email": ("a",)}, True, {"email": ("b",)}),
+    ({"email": ("a",)}, {}, {"email": ("a",)}, True, {}),
+    ({"email": ("a",)}, {}, {"ecid": ("x",)}, False, {"email": ("a",)}),
+])
+def test_identity_union(held, added, removed, changed, after):
+    assert merge_identities(held, added, removed) is changed
+    assert held == after

@@ -1,0 +1,122 @@
+"""Export record bytes (SPEC 6 point 5) and partition keys; the per-record hot path.
+
+Everything that depends only on the config is prepared once: the mapped attribute paths as a
+nested key tree in output order (attributes in mapping order, a nested object where its first
+mapped path is; a mapped path under another mapped path is covered by it), and per audience the
+JSON text around ``lastQualificationTime`` for each status. A record is then a pick of the
+mapped values (one C-encoded ``json`` call), string joins, and the identity map.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import decimal
+import functools
+import hashlib
+import json
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+
+from transforms.config import ExportConfig
+from transforms.timeutil import format_iso_ms, format_qualification_time
+
+MAX_PARTITION_KEY_CHARS = 256
+
+_quote = json.encoder.encode_basestring  # ensure_ascii=False escaping, as the records use
+
+
+def _json_default(value: Any) -> Any:
+    """Non-JSON values from Parquet seeds or Avro: dates as ``YYYY-MM-DD`` text."""
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=_dt.timezone.utc)
+        return format_iso_ms(int(value.timestamp() * 1000))
+    if isinstance(value, _dt.date):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("utf-8", "replace")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False,
+                           default=_json_default).encode
+
+_qualification_time = functools.lru_cache(maxsize=4096)(format_qualification_time)
+
+
+def _mapped_tree(paths: Sequence[str]) -> Dict[str, Optional[dict]]:
+    """Nested dict of mapped keys in output order; ``None`` marks an exported (whole) value."""
+    tree: Dict[str, Optional[dict]] = {}
+    for path in paths:
+        *parents, leaf = path.split(".")
+        node = tree
+        for key in parents:
+            child = node.setdefault(key, {})
+            if child is None:               # covered by a mapped path above
+                break
+            node = child
+        else:
+            node[leaf] = None
+    return tree
+
+
+def _pick(view: Mapping[str, Any], tree: Dict[str, Optional[dict]]) -> dict:
+    out = {}
+    for key, sub in tree.items():
+        value = view.get(key)
+        if value is None:
+            continue
+        if sub is None:
+            if value != {}:
+                out[key] = value
+        elif type(value) is dict:
+            picked = _pick(value, sub)
+            if picked:
+                out[key] = picked
+    return out
+
+
+class RecordFormatter:
+    def __init__(self, config: ExportConfig):
+        dest = config.destination
+        self._tree = _mapped_tree(config.mapping.attributes)
+        mapping = {m.id: m for m in config.mapping.audiences}
+        self._head: Dict[str, str] = {}
+        self._tail: Dict[Tuple[str, str], str] = {}
+        for aud in config.audiences:
+            extra = []
+            if dest.include_segment_timestamps:
+                m = mapping.get(aud.id)
+                extra += [("createdAt", aud.created_at_ms), ("updatedAt", aud.updated_at_ms)]
+                if m is not None:
+                    extra += [("mappingCreatedAt", m.mapped_at_ms),
+                              ("mappingUpdatedAt", m.mapping_updated_at_ms)]
+            if dest.include_segment_names:
+                extra.append(("name", aud.name))
+            static = "".join(f",{_quote(k)}:{_encode(v)}" for k, v in extra if v is not None)
+            self._head[aud.id] = _quote(aud.id) + ':{"lastQualificationTime":"'
+            for status in ("realized", "exited"):
+                self._tail[aud.id, status] = f'","status":"{status}"{static}}}'
+
+    def format(self, view: Mapping[str, Any], ups: Iterable[Tuple[str, str, int]],
+               identities: Mapping[str, Sequence[str]]) -> bytes:
+        """Compact UTF-8 JSON: mapped attributes present on ``view``, ``segmentMembership``
+        with ``ups`` as ``(audience_id, status, lastQualificationTime ms)``, the identity map."""
+        head, tail = self._head, self._tail
+        attributes = _pick(view, self._tree)
+        parts = [_encode(attributes)[:-1] + ',"segmentMembership":{"ups":{' if attributes
+                 else '{"segmentMembership":{"ups":{']
+        parts.append(",".join([head[a] + _qualification_time(ms // 1000 * 1000) + tail[a, s]
+                               for a, s, ms in ups]))
+        parts.append('}},"identityMap":{')
+        parts.append(",".join([_quote(ns) + ':[' + ",".join(['{"id":' + _quote(i) + "}" for i in ids]) + "]"
+                               for ns, ids in identities.items()]))
+        parts.append("}}")
+        return "".join(parts).encode()
+
+    @staticmethod
+    def partition_key(profile_id: str) -> str:
+        """The profile id, or its hex SHA-256 when longer than Kinesis' 256 characters."""
+        if len(profile_id) <= MAX_PARTITION_KEY_CHARS:
+            return profile_id
+        return hashlib.sha256(profile_id.encode()).hexdigest()
