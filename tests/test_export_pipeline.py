@@ -1,0 +1,224 @@
+"""ExportProfileChanges on the DirectRunner: the SPEC 6 cases, many profiles per pipeline.
+
+One bounded pipeline (TestPipeline) runs every scenario on its own profile ids; a TestStream
+pipeline on the BundleBasedDirectRunner checks timers driven by the watermark.
+"""
+import json
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import assert_that
+from apache_beam.utils.timestamp import Timestamp
+
+from tests.export_helpers import audience, make_config
+from transforms.config import MappedAudience, MergePolicyConfig
+from transforms.export import ExportProfileChanges
+from transforms.model import ProfileUpdate, SegmentStatus, SnapshotProfile
+from transforms.timeutil import format_qualification_time, parse_timestamp_ms
+
+T0 = parse_timestamp_ms("2024-05-01T10:00:00Z")
+H, D = 3_600_000, 86_400_000
+UNTIL = T0 + 30 * D
+WEEK = 'xEvent[timestamp occurs <= 7 days before now].exists()'
+
+CONFIG = make_config(
+    audiences=(audience("aud-delorean", 'vehicle.make = "DeLorean"'),
+               audience("aud-fans", "interests.scifi = true"),
+               audience("aud-buyers", WEEK),
+               audience("aud-gold", 'loyalty.tier = "gold"', "mp-crm"),
+               audience("aud-crm-fans", "interests.scifi = true", "mp-crm")),
+    mapped=(MappedAudience("aud-delorean", 1, 2), MappedAudience("aud-buyers"), MappedAudience("aud-gold")),
+    policies=(MergePolicyConfig("mp-default", "timestamp_ordered", default=True),
+              MergePolicyConfig("mp-crm", "dataset_precedence", datasets=("crm", "loyalty"))),
+    attributes=("person.name.firstName", "person.name.lastName", "personalEmail.address"))
+TOGGLES = make_config(audiences=(audience("aud-delorean", 'vehicle.make = "DeLorean"', created_at_ms=10,
+                                          updated_at_ms=20, name="Customer with DeLorean Cars"),),
+                      mapped=(MappedAudience("aud-delorean", 30, 40),), names=True, timestamps=True)
+
+DELOREAN = {"vehicle": {"make": "DeLorean"}}
+TESLA = {"vehicle": {"make": "Tesla"}}
+SCIFI = {"interests": {"scifi": True}}
+PURCHASE = {"eventType": "commerce.purchases"}
+
+
+def u(pid, t, attributes=None, dataset=None, ids=None, removals=None, event=None):
+    return ProfileUpdate(pid, t, dataset, ids or {}, removals or {}, attributes or {}, event)
+
+
+def first(name):
+    return {"person": {"name": {"firstName": name}}}
+
+
+def merged(*objs):
+    out = {}
+    for o in objs:
+        for k, v in o.items():
+            out[k] = merged(out[k], v) if isinstance(v, dict) and k in out else v
+    return out
+
+
+def qt(ms):
+    return format_qualification_time(ms)
+
+
+def ups(**statuses):
+    """Expected ups: audience (``_`` for ``-``) -> (status, lastQualificationTime ms)."""
+    return {k.replace("_", "-"): {"lastQualificationTime": qt(t), "status": s} for k, (s, t) in statuses.items()}
+
+
+def rec(t, attributes, segment_ups, identities=None):
+    """Expected record: (update/timer time, full record data)."""
+    return (t, {**attributes, "segmentMembership": {"ups": segment_ups}, "identityMap": identities or {}})
+
+
+R = "realized"
+X = "exited"
+
+SEED_MEMBERS = [f"p-m{i:03d}" for i in range(100)]
+NEW_MEMBERS = [f"p-new{i}" for i in range(5)]
+
+SEEDS = [SnapshotProfile(pid, T0 - D, {"email": (pid + "@x",)}, DELOREAN,
+                         {"aud-delorean": SegmentStatus(R, T0 - 2 * D), "aud-unknown": SegmentStatus(R, 1)})
+         for pid in SEED_MEMBERS]
+
+UPDATES = (
+    # incremental over 100 seeded members: unmapped writes export nothing, 5 new members do
+    [u(pid, T0 + H, {"loyalty": {"points": 5}}) for pid in SEED_MEMBERS]
+    + [u(pid, T0 + H, DELOREAN) for pid in NEW_MEMBERS]
+    + [u("p-m000", T0 + 2 * H, TESLA),                          # a seeded member's exit is announced
+       u("p-m001", T0 + 2 * H, first("Ann"))]                   # mapped write: seeded lqt kept
+    # same-value overwrite of a mapped attribute, then its null delete
+    + [u("p-overwrite", T0, merged(DELOREAN, first("John")), ids={"email": ("j@x",)}),
+       u("p-overwrite", T0 + H, first("John")),
+       u("p-overwrite", T0 + 2 * H, first(None))]
+    # unmapped writes and an unmapped audience entry
+    + [u("p-unmapped", T0, DELOREAN), u("p-unmapped", T0 + H, {"loyalty": {"points": 1}}),
+       u("p-unmapped", T0 + 2 * H, SCIFI)]
+    # identities: member and non-member
+    + [u("p-idmember", T0, DELOREAN, ids={"email": ("a@x",)}),
+       u("p-idmember", T0 + H, ids={"ecid": ("e1",)}),
+       u("p-idmember", T0 + 2 * H, ids={"email": ("a@x",)}),  # already held: no change
+       u("p-idmember", T0 + 3 * H, removals={"ecid": ("e1",)}),
+       u("p-idnon", T0, SCIFI, ids={"email": ("n@x",)}),
+       u("p-idnon", T0 + H, ids={"ecid": ("e2",)})]
+    # exit announced once; re-entry
+    + [u("p-exit", T0, merged(DELOREAN, SCIFI)), u("p-exit", T0 + H, TESLA),
+       u("p-exit", T0 + 2 * H, first("Z"), ids={"email": ("z@x",)}), u("p-exit", T0 + 3 * H, DELOREAN)]
+    + [u("p-exit2", T0, DELOREAN, event=PURCHASE), u("p-exit2", T0 + H, TESLA),
+       u("p-exit2", T0 + 2 * H, first("Y"))]
+    # merge-policy grouping, mapped and unmapped audiences, dataset precedence
+    + [u("p-group", T0, merged(DELOREAN, SCIFI, first("John"), {"loyalty": {"tier": "gold"}}), "crm"),
+       u("p-group", T0 + H, first("Johnny"), "web"),
+       u("p-group", T0 + 2 * H, {"loyalty": {"tier": "silver"}}, "crm")]
+    # time windows: exit at the right instant, inline before a later update, none after until
+    + [u("p-window", T0, event=PURCHASE),
+       u("p-window-inline", T0, event=PURCHASE), u("p-window-inline", T0 + 9 * D, first("Late")),
+       u("p-window-late", UNTIL - D, event=PURCHASE)]
+    # out of order: an older write never overwrites a newer value
+    + [u("p-ooo", T0 + 2 * H, merged(DELOREAN, first("New"))),
+       u("p-ooo", T0, {"person": {"name": {"firstName": "Old", "lastName": "Doe"}}}),
+       u("p-ooo", T0 + H, TESLA)]
+)
+
+WEEK_END = T0 + 7 * D + 1
+
+EXPECTED = {
+    **{pid: [rec(T0 + H, {}, ups(aud_delorean=(R, T0 + H)))] for pid in NEW_MEMBERS},
+    "p-m000": [rec(T0 + 2 * H, {}, ups(aud_delorean=(X, T0 + 2 * H)), {"email": [{"id": "p-m000@x"}]})],
+    "p-m001": [rec(T0 + 2 * H, first("Ann"), ups(aud_delorean=(R, T0 - 2 * D)), {"email": [{"id": "p-m001@x"}]})],
+    "p-overwrite": [rec(t, name, ups(aud_delorean=(R, T0)), {"email": [{"id": "j@x"}]})
+                    for t, name in ((T0, first("John")), (T0 + H, first("John")), (T0 + 2 * H, {}))],
+    "p-unmapped": [rec(T0, {}, ups(aud_delorean=(R, T0)))],
+    "p-idmember": [rec(T0, {}, ups(aud_delorean=(R, T0)), {"email": [{"id": "a@x"}]}),
+                   rec(T0 + H, {}, ups(aud_delorean=(R, T0)), {"email": [{"id": "a@x"}], "ecid": [{"id": "e1"}]}),
+                   rec(T0 + 3 * H, {}, ups(aud_delorean=(R, T0)), {"email": [{"id": "a@x"}]})],
+    "p-exit": [rec(T0, {}, ups(aud_delorean=(R, T0), aud_fans=(R, T0))),
+               rec(T0 + H, {}, ups(aud_delorean=(X, T0 + H), aud_fans=(R, T0))),
+               rec(T0 + 3 * H, first("Z"), ups(aud_delorean=(R, T0 + 3 * H), aud_fans=(R, T0)),
+                   {"email": [{"id": "z@x"}]})],
+    "p-exit2": [rec(T0, {}, ups(aud_delorean=(R, T0), aud_buyers=(R, T0))),
+                rec(T0 + H, {}, ups(aud_delorean=(X, T0 + H), aud_buyers=(R, T0))),
+                rec(T0 + 2 * H, first("Y"), ups(aud_buyers=(R, T0))),
+                rec(WEEK_END, first("Y"), ups(aud_buyers=(X, WEEK_END)))],
+    "p-group": [rec(T0, first("John"), ups(aud_delorean=(R, T0), aud_fans=(R, T0))),
+                rec(T0, first("John"), ups(aud_gold=(R, T0), aud_crm_fans=(R, T0))),
+                rec(T0 + H, first("Johnny"), ups(aud_delorean=(R, T0), aud_fans=(R, T0))),
+                rec(T0 + H, first("John"), ups(aud_gold=(R, T0), aud_crm_fans=(R, T0))),
+                rec(T0 + 2 * H, first("John"), ups(aud_gold=(X, T0 + 2 * H), aud_crm_fans=(R, T0)))],
+    "p-window": [rec(T0, {}, ups(aud_buyers=(R, T0))), rec(WEEK_END, {}, ups(aud_buyers=(X, WEEK_END)))],
+    "p-window-inline": [rec(T0, {}, ups(aud_buyers=(R, T0))), rec(WEEK_END, {}, ups(aud_buyers=(X, WEEK_END)))],
+    "p-window-late": [rec(UNTIL - D, {}, ups(aud_buyers=(R, UNTIL - D)))],
+    "p-ooo": [rec(T0 + 2 * H, first("New"), ups(aud_delorean=(R, T0 + 2 * H))),
+              rec(T0, {"person": {"name": {"firstName": "New", "lastName": "Doe"}}},
+                  ups(aud_delorean=(R, T0 + 2 * H)))],
+    "p-toggle": [rec(T0, {}, {"aud-delorean": {"lastQualificationTime": qt(T0), "status": R, "createdAt": 10,
+                                               "updatedAt": 20, "mappingCreatedAt": 30, "mappingUpdatedAt": 40,
+                                               "name": "Customer with DeLorean Cars"}})],
+}
+
+
+def by_profile(expected):
+    """Matcher: records grouped by partition key, each profile's in (time, data) order."""
+    def order(items):
+        return sorted(items, key=lambda r: (r[0], json.dumps(r[1])))
+
+    def check(actual):
+        got = {}
+        for pk, t, data in actual:
+            assert not data.startswith(b"{\n") and b": " not in data, data  # compact JSON
+            got.setdefault(pk, []).append((t, json.loads(data)))
+        got = {pk: order(v) for pk, v in got.items()}
+        want = {pk: order(v) for pk, v in expected.items()}
+        for pk in sorted(set(got) | set(want)):
+            assert got.get(pk) == want.get(pk), f"{pk}: got {got.get(pk)} want {want.get(pk)}"
+        # records are stamped with the update's/timer's time; key order as SPEC 6
+        for pk, t, data in actual:
+            assert list(json.loads(data))[-2:] == ["segmentMembership", "identityMap"]
+    return check
+
+
+class _Stamp(beam.DoFn):
+    def process(self, record, ts=beam.DoFn.TimestampParam):
+        assert ts == Timestamp(micros=record.event_time_ms * 1000), (record, ts)
+        yield record.partition_key, record.event_time_ms, record.data
+
+
+def test_bounded_scenarios():
+    with TestPipeline() as p:
+        seeds = p | "Seeds" >> beam.Create(SEEDS, reshuffle=False)
+        updates = p | "Updates" >> beam.Create(UPDATES, reshuffle=False)
+        main = updates | ExportProfileChanges(CONFIG, seed=seeds, until_ms=UNTIL)
+        toggled = (p | "ToggleUpdates" >> beam.Create([u("p-toggle", T0, DELOREAN)])
+                   | "Toggled" >> ExportProfileChanges(TOGGLES, until_ms=UNTIL))
+        assert_that((main, toggled) | beam.Flatten() | beam.ParDo(_Stamp()), by_profile(EXPECTED))
+
+
+def test_watermark_driven_timers_on_streaming_input():
+    options = PipelineOptions(runner="BundleBasedDirectRunner")
+    options.view_as(StandardOptions).streaming = True
+    stream = (TestStream()
+              .advance_watermark_to(Timestamp(micros=T0 * 1000))
+              .add_elements([u("s-1", T0, event=PURCHASE), u("s-2", T0 + 5 * H, DELOREAN)])
+              .advance_watermark_to(Timestamp(micros=(T0 + 3 * D) * 1000))
+              .add_elements([u("s-1", T0 + 3 * D, first("Ann")),
+                             u("s-2", T0 + 4 * H, merged(TESLA, first("Old")))])    # late and older
+              .advance_watermark_to(Timestamp(micros=(T0 + 8 * D) * 1000))
+              .add_elements([u("s-1", T0 + 8 * D, event=PURCHASE)])
+              # the DirectRunner holds no watermark for timers: output of a timer firing only
+              # at +inf would be late for the assert's GroupByKey
+              .advance_watermark_to(Timestamp(micros=(T0 + 16 * D) * 1000))
+              .advance_watermark_to_infinity())
+    expected = {
+        "s-1": [rec(T0, {}, ups(aud_buyers=(R, T0))),
+                rec(T0 + 3 * D, first("Ann"), ups(aud_buyers=(R, T0))),
+                rec(WEEK_END, first("Ann"), ups(aud_buyers=(X, WEEK_END))),
+                rec(T0 + 8 * D, first("Ann"), ups(aud_buyers=(R, T0 + 8 * D))),
+                rec(T0 + 15 * D + 1, first("Ann"), ups(aud_buyers=(X, T0 + 15 * D + 1)))],
+        "s-2": [rec(T0 + 5 * H, {}, ups(aud_delorean=(R, T0 + 5 * H))),
+                rec(T0 + 4 * H, first("Old"), ups(aud_delorean=(R, T0 + 5 * H)))],
+    }
+    with beam.Pipeline(options=options) as p:
+        records = p | stream | ExportProfileChanges(CONFIG)
+        assert_that(records | beam.ParDo(_Stamp()), by_profile(expected))
