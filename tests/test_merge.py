@@ -1,7 +1,8 @@
 import pytest
 
 from transforms.config import MergePolicyConfig
-from transforms.merge import MergePolicies, merge_identities
+from transforms.merge import MergePolicies, attribute_leaves, merge_identities
+from transforms.profile_state import ProfileState
 
 TS = MergePolicyConfig("mp-ts", "timestamp_ordered", default=True)
 CRM_FIRST = MergePolicyConfig("mp-crm", "dataset_precedence", datasets=("crm", "loyalty"))
@@ -10,10 +11,10 @@ CRM_FIRST = MergePolicyConfig("mp-crm", "dataset_precedence", datasets=("crm", "
 def views(writes_in_arrival_order, configs=(TS, CRM_FIRST)):
     """Apply ``(timestamp, dataset, attributes)`` writes in order; the view of every policy."""
     policies = MergePolicies(configs)
-    writes = {}
+    state = ProfileState()
     for seq, (ts, dataset, attributes) in enumerate(writes_in_arrival_order, 1):
-        policies.record(writes, attributes, dataset, ts, seq)
-    return policies.views(writes, [c.id for c in configs])
+        policies.record(state, attribute_leaves(attributes), dataset, ts, seq)
+    return policies.views(state)
 
 
 def name(first):
@@ -53,6 +54,11 @@ CASES = [
      name("B"), name("B")),
     ("lower dataset deletes an object, higher keeps its leaf",
      [(1, "crm", name("C")), (2, "loyalty", {"person": {"name": None}})], {}, name("C")),
+    ("late leaf above newer leaves keeps them",
+     [(3, None, name("B")), (1, None, {"person": {"name": "X"}})], name("B"), name("B")),
+    ("late delete above newer leaves keeps them",
+     [(1, None, {"person": {"name": {"firstName": "A", "lastName": "L"}}}), (3, None, name("B")),
+      (2, None, {"person": {"name": None}})], name("B"), name("B")),
     ("siblings merge, lists are leaves", [(1, None, {"a": {"x": 1}}), (2, None, {"a": {"y": [1, 2]}})],
      {"a": {"x": 1, "y": [1, 2]}}, {"a": {"x": 1, "y": [1, 2]}}),
     ("empty object writes nothing", [(1, None, {"a": {"x": 1}}), (2, None, {"a": {}})],
@@ -66,24 +72,31 @@ def test_policies(writes, ts_view, crm_view):
     assert got == {"mp-ts": ts_view, "mp-crm": crm_view}
 
 
-def test_single_bucket_without_precedence_policies():
+def test_only_what_the_policies_in_use_need():
+    state = ProfileState()
+    MergePolicies([TS]).record(state, [("person.name.firstName", "A"), ("x", None)], "crm", 1, 1)
+    assert (state.view, state.stamps, state.datasets) == (name("A"), {"person.name.firstName": 1, "x": 1}, {})
+    state = ProfileState()
+    MergePolicies([CRM_FIRST]).record(state, [("x", 1)], "web", 2, 1)
+    assert (state.view, state.stamps, state.datasets) == ({}, {}, {None: {"x": (2, 1, 1)}})
+
+
+@pytest.mark.parametrize("writes,changed", [
+    ([(1, "A")], True),
+    ([(1, "A"), (2, "A")], False),          # same value overwrite
+    ([(1, "A"), (0, "B")], False),          # superseded
+    ([(1, 1), (2, True)], True),            # equal in Python, not in JSON
+    ([(1, None)], False),                   # delete of an absent path
+    ([(1, "A"), (2, None)], True),
+])
+def test_record_reports_view_changes(writes, changed):
     policies = MergePolicies([TS])
-    writes = {}
-    policies.record(writes, name("A"), "crm", 1, 1)
-    policies.record(writes, {"x": 1}, "web", 2, 2)
-    assert writes == {None: {"person.name.firstName": (1, 1, "A"), "x": (2, 2, 1)}}
+    state = ProfileState()
+    results = [policies.record(state, [("a.b", v)], None, ts, seq) for seq, (ts, v) in enumerate(writes)]
+    assert results[-1] is changed
 
 
-def test_record_returns_every_written_path_even_superseded():
-    policies = MergePolicies([TS])
-    writes = {}
-    policies.record(writes, name("B"), None, 2, 1)
-    assert policies.record(writes, {"person": {"name": {"firstName": "A", "lastName": None}}}, None, 1, 2) \
-        == ["person.name.firstName", "person.name.lastName"]
-    assert policies.views(writes, ["mp-ts"])["mp-ts"] == name("B")
-
-
-def test_same_policy_semantics_share_one_view():
+def test_timestamp_policies_share_one_view():
     other = MergePolicyConfig("mp-ts2", "timestamp_ordered")
     got = views([(1, None, name("A"))], configs=(TS, other))
     assert got["mp-ts"] is got["mp-ts2"]

@@ -1,25 +1,24 @@
 """Merge policies (SPEC 5): the attribute writes of one profile turned into one view per policy.
 
-Writes are kept per *bucket* and per dotted path as ``(timestamp_ms, seq, value)``; ``seq`` is
-the profile's arrival counter (a timestamp tie goes to the later arrival) and ``value`` ``None``
-is a delete (a tombstone: it is kept so that an older write arriving late cannot revive the
-path). A dataset listed by some ``dataset_precedence`` policy has a bucket of its own; all other
-writes (unlisted datasets, no ``datasetId``) share the bucket ``None``. A ``timestamp_ordered``
-view only needs the latest write per path, which is the latest over all buckets, so a config
-without ``dataset_precedence`` keeps a single bucket and one entry per path.
+Each policy keeps only what it needs, on the profile state (``view``, ``stamps``, ``datasets``):
 
-Paths overlap (``person.name`` written as a leaf or deleted, ``person.name.firstName`` written
-as a leaf): inside a bucket a write drops the older entries under it and an older leaf above it,
-and is itself dropped when an entry above it is newer. Views apply entries in (timestamp, seq)
-order, so across buckets the latest write wins for overlapping paths too.
+- ``timestamp_ordered``: the view itself, maintained in place, plus ``stamps``, the timestamp
+  of the latest write (or delete) per dotted path. A write older than the stamp of its path or
+  of a path above it is superseded: out-of-order arrivals never overwrite newer values, and a
+  timestamp tie goes to the later arrival. Policies of this type share the one view, and the
+  record of a write says whether it changed, so unchanged views skip re-evaluation.
+- ``dataset_precedence``: ``datasets``, the latest ``(timestamp, seq, value)`` per path for
+  each listed dataset (all other writes share the bucket ``None``), and the view is built from
+  them on demand: the value from the highest listed dataset that has one; unlisted datasets and
+  updates without ``datasetId`` rank below, in timestamp order (``seq``, the arrival counter,
+  breaks ties there). A ``null`` from dataset D is a delete of D's value (and D's values under
+  that path): a lower-ranked value then shows through. Among the unlisted, a delete removes the
+  path from that lowest layer.
 
-Deletes under ``dataset_precedence``: a ``null`` from dataset D removes D's value (and D's
-values under that path); a lower-ranked dataset's value then shows through. Among the unlisted
-datasets, which rank below in timestamp order, a delete removes the path from that lowest layer.
-
-Paths are dotted strings (rule paths are dotted too, so keys containing ``.`` are not
-addressable anyway). A leaf is any non-dict value (lists included); an empty object writes
-nothing.
+``null`` deletes a path and everything under it. Paths overlap (``person.name`` written as a
+leaf or deleted, ``person.name.firstName`` written): the result is the writes applied in
+timestamp order. Paths are dotted strings (rule paths are dotted too); a leaf is any non-dict
+value (lists included); an empty object writes nothing.
 """
 from __future__ import annotations
 
@@ -28,13 +27,14 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from transforms.config import MergePolicyConfig
 
-Entry = Tuple[int, int, Any]                      # (timestamp_ms, seq, value; None = deleted)
-Writes = Dict[Optional[str], Dict[str, Entry]]    # bucket -> dotted path -> entry
-
 TIMESTAMP_ORDERED = "timestamp_ordered"
 DATASET_PRECEDENCE = "dataset_precedence"
 
+Entry = Tuple[int, int, Any]                        # (timestamp_ms, seq, value; None = deleted)
+Datasets = Dict[Optional[str], Dict[str, Entry]]    # bucket -> dotted path -> entry
+
 _ORDER = itemgetter(0, 1)
+_MISSING = object()
 
 
 def attribute_leaves(attributes: Mapping[str, Any], prefix: str = "") -> List[Tuple[str, Any]]:
@@ -52,46 +52,114 @@ def _collect(obj, prefix, out):
             out.append((prefix + key, value))
 
 
-def _apply(view: dict, path: str, value: Any, deletes: bool) -> None:
-    """Set ``path`` to ``value`` in a nested view; ``None`` deletes it (pruning empty parents)
-    when ``deletes``, else is skipped."""
+def _get(view: dict, path: str) -> Any:
+    node: Any = view
+    for key in path.split("."):
+        if type(node) is not dict:
+            return _MISSING
+        node = node.get(key, _MISSING)
+    return node
+
+
+def _apply(view: dict, path: str, value: Any) -> Any:
+    """Set ``path`` to ``value`` in a nested view (``None``: delete it, pruning emptied
+    parents); returns the value it replaced (``_MISSING`` when absent)."""
     parts = path.split(".")
+    node = view
     if value is None:
-        if not deletes:
-            return
         trail = []
-        node = view
         for key in parts[:-1]:
             child = node.get(key)
             if type(child) is not dict:
-                return
+                return _MISSING
             trail.append((node, key))
             node = child
-        node.pop(parts[-1], None)
+        old = node.pop(parts[-1], _MISSING)
         while trail and not node:
             parent, key = trail.pop()
             del parent[key]
             node = parent
-        return
-    node = view
+        return old
     for key in parts[:-1]:
         child = node.get(key)
         if type(child) is not dict:
             child = node[key] = {}
         node = child
+    old = node.get(parts[-1], _MISSING)
     node[parts[-1]] = value
+    return old
+
+
+def _newer_at_or_above(stamps: Dict[str, int], path: str, ts: int) -> bool:
+    stamp = stamps.get(path)
+    if stamp is not None and stamp > ts:
+        return True
+    cut = path.rfind(".")
+    while cut > 0:
+        stamp = stamps.get(path[:cut])
+        if stamp is not None and stamp > ts:
+            return True
+        cut = path.rfind(".", 0, cut)
+    return False
+
+
+def write_timestamp_view(view: dict, stamps: Dict[str, int], path: str, ts: int, value: Any) -> bool:
+    """Apply one write to a ``timestamp_ordered`` view in place; True when the view changed."""
+    if _newer_at_or_above(stamps, path, ts):
+        return False
+    newer_below = ()
+    if type(_get(view, path)) is dict:   # an object is replaced: keep what was written after
+        under = path + "."
+        below = [p for p in stamps if p.startswith(under)]
+        newer_below = [(p, _get(view, p)) for p in below if stamps[p] > ts]
+        for p in below:
+            if stamps[p] <= ts:
+                del stamps[p]
+    old = _apply(view, path, value)
+    stamps[path] = ts
+    for p, kept in newer_below:
+        if kept is not _MISSING:
+            _apply(view, p, kept)
+    return bool(newer_below) or (old is not _MISSING if value is None
+                                 else old != value or type(old) is not type(value))
+
+
+def _store(paths: Dict[str, Entry], path: str, entry: Entry) -> bool:
+    """Store a ``dataset_precedence`` entry unless a newer entry at or above it wins; drops
+    the older entries under it and an older leaf above it. True when stored."""
+    ts = entry[0]
+    old = paths.get(path)
+    if old is not None and old[0] > ts:
+        return False
+    cut = path.rfind(".")
+    while cut > 0:
+        above = paths.get(path[:cut])
+        if above is not None:
+            if above[0] > ts:
+                return False
+            if above[2] is not None:        # an older leaf is replaced by this subtree
+                del paths[path[:cut]]
+        cut = path.rfind(".", 0, cut)
+    if old is None:
+        under = path + "."
+        for stale in [p for p, e in paths.items() if e[0] <= ts and p.startswith(under)]:
+            del paths[stale]
+    else:
+        del paths[path]                     # re-inserted last: dict order is arrival order
+    paths[path] = entry
+    return old is None or old[2] != entry[2]
 
 
 def _layer(view: dict, buckets: Iterable[Dict[str, Entry]], deletes: bool) -> None:
     entries = [(e[0], e[1], path, e[2]) for paths in buckets for path, e in paths.items()]
-    if len(entries) > 1:
-        entries.sort(key=_ORDER)
+    entries.sort(key=_ORDER)
     for _, _, path, value in entries:
-        _apply(view, path, value, deletes)
+        if value is not None or deletes:
+            _apply(view, path, value)
 
 
 class MergePolicy:
-    """One merge policy: builds its view from the shared per-bucket writes."""
+    """One merge policy of the config."""
 
     __slots__ = ("id", "type", "datasets")
 
@@ -102,80 +170,53 @@ class MergePolicy:
         self.type = config.type
         self.datasets = tuple(config.datasets) if config.type == DATASET_PRECEDENCE else ()
 
-    def view(self, writes: Writes) -> dict:
+    def precedence_view(self, datasets: Datasets) -> dict:
+        """The ``dataset_precedence`` view: unlisted datasets first (timestamp order, deletes
+        applied), then listed datasets from the lowest rank to the highest."""
         view: dict = {}
-        if self.type == TIMESTAMP_ORDERED:
-            _layer(view, writes.values(), deletes=True)
-            return view
         listed = self.datasets
-        _layer(view, (paths for b, paths in writes.items() if b not in listed), deletes=True)
-        for dataset in reversed(listed):          # lowest rank first, the highest is applied last
-            paths = writes.get(dataset)
+        _layer(view, (paths for b, paths in datasets.items() if b not in listed), deletes=True)
+        for dataset in reversed(listed):
+            paths = datasets.get(dataset)
             if paths:
                 _layer(view, (paths,), deletes=False)
         return view
 
 
 class MergePolicies:
-    """The merge policies in use: where a write is stored, and the views over the writes."""
+    """The merge policies in use: records writes on a profile state (any object with ``view``,
+    ``stamps``, ``datasets``) and gives each policy's view."""
 
     def __init__(self, configs: Iterable[MergePolicyConfig]):
-        self.policies = {c.id: MergePolicy(c) for c in configs}
-        self._bucketed = frozenset(d for p in self.policies.values() for d in p.datasets)
-        # policies with the same semantics share one view
-        self._signature = {pid: (p.type, p.datasets) for pid, p in self.policies.items()}
+        policies = [MergePolicy(c) for c in configs]
+        self.timestamp_ids = tuple(p.id for p in policies if p.type == TIMESTAMP_ORDERED)
+        self.precedence = tuple(p for p in policies if p.type == DATASET_PRECEDENCE)
+        self._bucketed = frozenset(d for p in self.precedence for d in p.datasets)
 
-    def bucket(self, dataset_id: Optional[str]) -> Optional[str]:
-        return dataset_id if dataset_id in self._bucketed else None
+    def record(self, state, leaves: List[Tuple[str, Any]], dataset_id: Optional[str],
+               timestamp_ms: int, seq: int) -> bool:
+        """Store leaf writes ``(path, value)``; True when some policy's view may have changed."""
+        changed = False
+        if self.timestamp_ids:
+            view, stamps = state.view, state.stamps
+            for path, value in leaves:
+                if write_timestamp_view(view, stamps, path, timestamp_ms, value):
+                    changed = True
+        if self.precedence:
+            bucket = dataset_id if dataset_id in self._bucketed else None
+            paths = state.datasets.get(bucket)
+            if paths is None:
+                paths = state.datasets[bucket] = {}
+            for path, value in leaves:
+                if _store(paths, path, (timestamp_ms, seq, value)):
+                    changed = True
+        return changed
 
-    def record(self, writes: Writes, attributes: Mapping[str, Any], dataset_id: Optional[str],
-               timestamp_ms: int, seq: int) -> List[str]:
-        """Store the leaf writes of ``attributes``; returns every written path (kept or
-        superseded: a write is a write for SPEC 6 even when a newer value wins)."""
-        leaves = attribute_leaves(attributes)
-        if not leaves:
-            return []
-        bucket = self.bucket(dataset_id)
-        paths = writes.get(bucket)
-        if paths is None:
-            paths = writes[bucket] = {}
-        for path, value in leaves:
-            self._store(paths, path, (timestamp_ms, seq, value))
-        return [path for path, _ in leaves]
-
-    @staticmethod
-    def _store(paths: Dict[str, Entry], path: str, entry: Entry) -> None:
-        """Store ``entry`` at ``path`` unless a newer entry at or above it wins."""
-        ts = entry[0]
-        old = paths.get(path)
-        if old is not None and old[0] > ts:
-            return
-        cut = path.rfind(".")
-        while cut > 0:
-            above = path[:cut]
-            old = paths.get(above)
-            if old is not None:
-                if old[0] > ts:
-                    return
-                if old[2] is not None:       # an older leaf is replaced by this subtree
-                    del paths[above]
-            cut = path.rfind(".", 0, cut)
-        if paths:
-            under = path + "."
-            for stale in [p for p, e in paths.items() if e[0] <= ts and p.startswith(under)]:
-                del paths[stale]
-        paths[path] = entry
-
-    def views(self, writes: Writes, policy_ids: Iterable[str]) -> Dict[str, dict]:
-        """One view per policy id; policies of the same type and datasets share a view."""
-        views: Dict[str, dict] = {}
-        built: Dict[tuple, dict] = {}
-        for pid in policy_ids:
-            sig = self._signature[pid]
-            view = built.get(sig)
-            if view is None:
-                view = built[sig] = self.policies[pid].view(writes)
-            views[pid] = view
+    def views(self, state) -> Dict[str, dict]:
+        """One view per policy in use; the timestamp-ordered policies share theirs."""
+        views = dict.fromkeys(self.timestamp_ids, state.view)
+        for policy in self.precedence:
+            views[policy.id] = policy.precedence_view(state.datasets)
         return views
 
 

@@ -1,6 +1,8 @@
 """``ProfileState``: what one profile's keyed state must remember for SPEC 5-6, and no more.
 
-- ``writes``: per-bucket, per-path attribute writes (see ``merge``); views are rebuilt from them.
+- ``view``/``stamps``: the ``timestamp_ordered`` view and its per-path write times, and
+  ``datasets``: per-dataset writes for ``dataset_precedence`` (see ``merge``; each is empty
+  when no policy of its type is in use).
 - ``identities``: the identity map, ``{namespace: (id, ...)}``.
 - ``events``: the event history, sorted by event time, pruned to what the rules' windows and
   ``evaluation.max_events_per_profile`` allow (oldest dropped first).
@@ -8,9 +10,10 @@
   member of. Exited audiences are not kept: an exit is announced by the record of the update
   or timer that caused it and never carried again, and a later re-entry is exported as
   ``realized`` whether it counts as ``null→realized`` or ``exited→realized``.
-- ``evaluated_ms``: the last evaluation time (evaluation never moves backwards).
+- ``evaluated_ms``: the last evaluation time (evaluation never moves backwards; ``None`` until
+  the first evaluation, also after seeding, so a seeded profile is always evaluated once).
 - ``timer_ms``: when the pending time-window timer is due (``None``: no timer).
-- ``seq``: the arrival counter that breaks timestamp ties between writes.
+- ``seq``: the arrival counter that breaks timestamp ties between datasets of equal rank.
 
 The encoding (``encode``/``decode``) is a marshal of a flat tuple: as compact as pickle 5
 (~570 bytes for six attributes, two identities, three events, two audiences), 20% faster to
@@ -25,7 +28,7 @@ import pickle
 from operator import itemgetter
 from typing import Any, Collection, Dict, List, Optional, Tuple
 
-from transforms.merge import MergePolicies, Writes, attribute_leaves, merge_identities
+from transforms.merge import Datasets, MergePolicies, attribute_leaves, merge_identities
 from transforms.model import ProfileUpdate, SnapshotProfile
 
 _MARSHAL, _PICKLE = b"m", b"p"
@@ -33,14 +36,18 @@ _EVENT_TIME = itemgetter("timestamp")
 
 
 class ProfileState:
-    __slots__ = ("seq", "writes", "identities", "events", "realized", "evaluated_ms", "timer_ms")
+    __slots__ = ("seq", "view", "stamps", "datasets", "identities", "events", "realized",
+                 "evaluated_ms", "timer_ms")
 
-    def __init__(self, seq: int = 0, writes: Optional[Writes] = None,
+    def __init__(self, seq: int = 0, view: Optional[dict] = None, stamps: Optional[Dict[str, int]] = None,
+                 datasets: Optional[Datasets] = None,
                  identities: Optional[Dict[str, Tuple[str, ...]]] = None,
                  events: Optional[List[dict]] = None, realized: Optional[Dict[str, int]] = None,
                  evaluated_ms: Optional[int] = None, timer_ms: Optional[int] = None):
         self.seq = seq
-        self.writes = {} if writes is None else writes
+        self.view = {} if view is None else view
+        self.stamps = {} if stamps is None else stamps
+        self.datasets = {} if datasets is None else datasets
         self.identities = {} if identities is None else identities
         self.events = [] if events is None else events
         self.realized = {} if realized is None else realized
@@ -53,40 +60,37 @@ class ProfileState:
         """The state a profile starts from in a seeded stream (SPEC 6): the snapshot's
         attributes as writes at its timestamp, its identities, and its memberships of the
         configured audiences, so known members are not announced again but their exits are."""
-        ts = snapshot.timestamp_ms
-        writes: Writes = {}
-        leaves = [(path, v) for path, v in attribute_leaves(snapshot.attributes) if v is not None]
-        if leaves:
-            writes[None] = {path: (ts, 0, v) for path, v in leaves}
-        return cls(
-            writes=writes,
+        state = cls(
             identities={ns: tuple(dict.fromkeys(ids)) for ns, ids in snapshot.identities.items() if ids},
             realized={aud: s.last_qualification_ms for aud, s in snapshot.segment_membership.items()
-                      if aud in audience_ids and s.status in ("realized", "existing")},
-            evaluated_ms=ts,
-        )
+                      if aud in audience_ids and s.status in ("realized", "existing")})
+        leaves = [(path, v) for path, v in attribute_leaves(snapshot.attributes) if v is not None]
+        policies.record(state, leaves, None, snapshot.timestamp_ms, 0)
+        return state
 
     def apply(self, update: ProfileUpdate, policies: MergePolicies,
-              keep_events: bool) -> Tuple[List[str], bool]:
-        """Apply one update; returns the attribute paths written and whether the identity map
-        changed. The event is kept only when some rule reads events."""
+              keep_events: bool) -> Tuple[List[Tuple[str, Any]], bool, bool, bool]:
+        """Apply one update; returns the attribute writes ``(path, value)``, whether a view may
+        have changed, whether the identity map changed and whether an event was kept (only
+        when some rule reads events)."""
         self.seq += 1
-        written = (policies.record(self.writes, update.attributes, update.dataset_id,
-                                   update.timestamp_ms, self.seq)
-                   if update.attributes else [])
+        leaves = attribute_leaves(update.attributes) if update.attributes else []
+        views_changed = bool(leaves) and policies.record(self, leaves, update.dataset_id,
+                                                         update.timestamp_ms, self.seq)
         identities_changed = (merge_identities(self.identities, update.identities,
                                                update.identity_removals)
                               if update.identities or update.identity_removals else False)
         event = update.event
-        if event is not None and keep_events:
-            if "timestamp" not in event:
-                event = {**event, "timestamp": update.timestamp_ms}
-            events = self.events
-            if not events or events[-1]["timestamp"] <= event["timestamp"]:
-                events.append(event)
-            else:
-                bisect.insort(events, event, key=_EVENT_TIME)
-        return written, identities_changed
+        if event is None or not keep_events:
+            return leaves, views_changed, identities_changed, False
+        if "timestamp" not in event:
+            event = {**event, "timestamp": update.timestamp_ms}
+        events = self.events
+        if not events or events[-1]["timestamp"] <= event["timestamp"]:
+            events.append(event)
+        else:
+            bisect.insort(events, event, key=_EVENT_TIME)
+        return leaves, views_changed, identities_changed, True
 
     def prune_events(self, now_ms: int, retention_ms: Optional[int], max_events: int) -> None:
         """Drop events older than ``now_ms - retention_ms`` (``None``: no time limit), then the
@@ -101,8 +105,8 @@ class ProfileState:
 
 
 def encode(state: ProfileState) -> bytes:
-    fields = (state.seq, state.writes, state.identities, state.events, state.realized,
-              state.evaluated_ms, state.timer_ms)
+    fields = (state.seq, state.view, state.stamps, state.datasets, state.identities, state.events,
+              state.realized, state.evaluated_ms, state.timer_ms)
     try:
         return _MARSHAL + marshal.dumps(fields, 4)
     except ValueError:
