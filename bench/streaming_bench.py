@@ -4,7 +4,8 @@
 the same runner (``BundleBasedDirectRunner``, the fastest local runner for keyed state), the
 same generated updates through ``ExportProfileChanges`` and through a stateful DoFn that only
 counts per key, and prints JSON: updates/s for both, their ratio (goal >= 0.7), the records
-emitted, and the state bytes per profile. ``pure_updates_per_s`` is the per-profile logic alone
+emitted, and the state bytes per profile. The machine is noisy: runs alternate ``--repeat``
+times and the best of each counts. ``pure_updates_per_s`` is the per-profile logic alone
 (no Beam), the ceiling the DoFn can approach.
 """
 from __future__ import annotations
@@ -104,14 +105,19 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--updates", type=int, default=50_000)
     parser.add_argument("--profiles", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=3, help="alternating runs; the best of each counts")
     args = parser.parse_args(argv)
     n, k = args.updates, args.profiles
 
-    baseline_s, _ = _run(lambda p: _source(p, n, k)
-                         | "Key" >> beam.Map(lambda u: (u.profile_id, u)).with_output_types(Tuple[str, Any])
-                         | "Count" >> beam.ParDo(CountPerKey()))
-    export_s, result = _run(lambda p: _source(p, n, k) | ExportProfileChanges(CONFIG, until_ms=T0 + n * 1000)
-                            | "Discard" >> beam.Map(lambda r: None))
+    baseline_s = export_s = float("inf")
+    for _ in range(args.repeat):
+        seconds, _ = _run(lambda p: _source(p, n, k)
+                          | "Key" >> beam.Map(lambda u: (u.profile_id, u)).with_output_types(Tuple[str, Any])
+                          | "Count" >> beam.ParDo(CountPerKey()))
+        baseline_s = min(baseline_s, seconds)
+        seconds, result = _run(lambda p: _source(p, n, k) | ExportProfileChanges(CONFIG, until_ms=T0 + n * 1000)
+                               | "Discard" >> beam.Map(lambda r: None))
+        export_s = min(export_s, seconds)
     counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
 
     # the per-profile logic alone, and the final state sizes

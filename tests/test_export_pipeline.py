@@ -3,9 +3,11 @@
 One bounded pipeline (TestPipeline) runs every scenario on its own profile ids; a TestStream
 pipeline on the BundleBasedDirectRunner checks timers driven by the watermark.
 """
+import datetime
 import json
 
 import apache_beam as beam
+import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
@@ -14,8 +16,10 @@ from apache_beam.utils.timestamp import Timestamp
 
 from tests.export_helpers import audience, make_config
 from transforms.config import MappedAudience, MergePolicyConfig
-from transforms.export import ExportProfileChanges
+from transforms.export import ExportProfileChanges, ProfileStateCoder, _reads_now
+from transforms.merge import MergePolicies
 from transforms.model import ProfileUpdate, SegmentStatus, SnapshotProfile
+from transforms.profile_state import ProfileState
 from transforms.timeutil import format_qualification_time, parse_timestamp_ms
 
 T0 = parse_timestamp_ms("2024-05-01T10:00:00Z")
@@ -222,3 +226,49 @@ def test_watermark_driven_timers_on_streaming_input():
     with beam.Pipeline(options=options) as p:
         records = p | stream | ExportProfileChanges(CONFIG)
         assert_that(records | beam.ParDo(_Stamp()), by_profile(expected))
+
+
+# --- the state the DoFn keeps, and its coder (pure, fast) ---
+
+def test_state_coder_round_trip_and_recent_states():
+    coder = ProfileStateCoder()
+    state = ProfileState(seq=3, view={"person": {"birthDate": datetime.date(1985, 10, 26)}},  # pickle fallback
+                         stamps={"person.birthDate": T0}, identities={"email": ("a@x",)},
+                         events=[{"timestamp": T0}], realized={"aud-delorean": T0}, evaluated_ms=T0, timer_ms=T0 + D)
+    data = coder.encode(state)
+    assert coder.decode(data) is state                   # just written: no decoding
+    again = coder.decode(data)                           # read twice (a retried bundle): decoded afresh
+    assert again is not state
+    assert [getattr(again, f) for f in ProfileState.__slots__] == [getattr(state, f) for f in ProfileState.__slots__]
+    assert coder == ProfileStateCoder() and len(ProfileState().__slots__) == 9
+
+
+def test_event_history_is_pruned_by_window_then_count():
+    state = ProfileState(events=[{"timestamp": t} for t in (1, 5, 6, 7, 9)])
+    state.prune_events(now_ms=10, retention_ms=4, max_events=1000)
+    assert [e["timestamp"] for e in state.events] == [6, 7, 9]
+    state.prune_events(now_ms=10, retention_ms=None, max_events=2)
+    assert [e["timestamp"] for e in state.events] == [7, 9]
+
+
+def test_seeding_keeps_known_memberships_of_configured_audiences():
+    snapshot = SnapshotProfile("p", T0, {"email": ("a", "a")}, {"person": {"name": {"firstName": "A", "lastName": None}}},
+                               {"aud-delorean": SegmentStatus(R, 5), "aud-fans": SegmentStatus(X, 6),
+                                "aud-unknown": SegmentStatus(R, 7)})
+    state = ProfileState.from_snapshot(snapshot, MergePolicies(CONFIG.merge_policies), {"aud-delorean", "aud-fans"})
+    assert state.realized == {"aud-delorean": 5}
+    assert state.view == first("A") and state.identities == {"email": ("a",)}
+    assert state.evaluated_ms is None                    # evaluated at the first update
+
+
+@pytest.mark.parametrize("rule,reads_now", [
+    ('vehicle.make = "DeLorean"', False),
+    (WEEK, False),
+    ("xEvent[timestamp occurs < 2 hours before now].count() >= 2", False),
+    ("membership.expires > now", True),
+    ("xEvent[timestamp occurs <= 7 days before now].exists() and person.birthDate < now", True),
+])
+def test_rules_reading_now_outside_windows_are_always_evaluated(rule, reads_now):
+    class Audiences:
+        ordered = (audience("a", rule),)
+    assert _reads_now(Audiences) is reads_now

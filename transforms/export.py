@@ -1,8 +1,12 @@
 """``ExportProfileChanges``: profile updates in, export records out (SPEC 5-6), over keyed state.
 
 One stateful DoFn keyed by profileId with one ``ReadModifyWriteState`` cell (the whole
-``ProfileState``, ``ProfileStateCoder``) and one event-time timer: each state cell costs the
-DirectRunner a per-key, per-bundle price (SPEC 9), so there are no others.
+``ProfileState``, ``ProfileStateCoder``) and, only when some rule reads events, one event-time
+timer: each state cell or timer costs the DirectRunner a per-key, per-bundle price (SPEC 9).
+Records are stamped with the time of the update or time change that produced them (also their
+``event_time_ms``). Metrics (namespace ``export``): ``updates``, ``records``, ``exports_audience``
+/ ``_identity`` / ``_attribute`` (records by trigger), ``exits``, ``timers_fired``, and the
+``state_bytes`` distribution (one state write in ``STATE_BYTES_SAMPLE``).
 
 Event time, per profile:
 - an update is evaluated at its timestamp, but never before the profile's last evaluation time:
@@ -13,7 +17,9 @@ Event time, per profile:
   update are acted on first, inline, at their own instants (a bounded input is read before any
   timer fires, SPEC 2), so the timer only ever catches a profile that stays quiet;
 - with ``until_ms`` (bounded replay) nothing due after it is acted on: the watermark jumps to
-  +inf at the end of a bounded input and would fire everything.
+  +inf at the end of a bounded input and would fire everything. (The DirectRunner holds no
+  watermark for timers, so records of timers that fire only at that +inf are late for a
+  downstream GroupByKey there; Dataflow and Flink hold the watermark.)
 
 Seeding: ``seed`` (``PCollection[SnapshotProfile]``) is a side input, ``AsDict`` by profile id,
 consulted when a key has no state yet, so a seed always takes effect before the profile's first
@@ -22,7 +28,9 @@ Dataflow and Flink look large side inputs up per key from their materialization.
 """
 from __future__ import annotations
 
+import collections
 import re
+import threading
 from typing import Any, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
@@ -46,19 +54,48 @@ STATE_BYTES_SAMPLE = 16  # the state-bytes metric encodes one state write in 16 
 
 
 class ProfileStateCoder(coders.Coder):
-    """``ProfileState`` as compact bytes (see ``profile_state.encode``)."""
+    """``ProfileState`` as compact bytes (see ``profile_state.encode``).
+
+    The DirectRunner decodes state on every read; so the coder remembers the last states it
+    encoded by their bytes, and a read of those bytes returns the object itself instead of
+    decoding it again. An entry is taken out by its read (the reader goes on to change the
+    object), so stale bytes (a retried bundle) always decode afresh; at most
+    ``RECENT_STATES`` entries are kept."""
+
+    RECENT_STATES = 20_000
+
+    def __init__(self):
+        self._recent: dict = {}
+        self._lock = threading.Lock()
 
     def encode(self, value: ProfileState) -> bytes:
-        return profile_state.encode(value)
+        data = profile_state.encode(value)
+        with self._lock:
+            recent = self._recent
+            recent[data] = value
+            if len(recent) > self.RECENT_STATES:
+                del recent[next(iter(recent))]
+        return data
 
     def decode(self, encoded: bytes) -> ProfileState:
-        return profile_state.decode(encoded)
+        with self._lock:
+            state = self._recent.pop(encoded, None)
+        return profile_state.decode(encoded) if state is None else state
 
     def is_deterministic(self) -> bool:
         return False
 
     def to_type_hint(self):
         return ProfileState
+
+    def __reduce__(self):
+        return ProfileStateCoder, ()
+
+    def __eq__(self, other):
+        return type(other) is ProfileStateCoder
+
+    def __hash__(self):
+        return hash(ProfileStateCoder)
 
 
 beam.coders.registry.register_coder(ProfileState, ProfileStateCoder)
@@ -154,17 +191,18 @@ class _ExportProfileChangesFn(beam.DoFn):
     def __init__(self, config: ExportConfig, until_ms: Optional[int]):
         self._config = config
         self._until_ms = until_ms
-        self._updates = Metrics.counter("export", "updates")
-        self._exports = {kind: Metrics.counter("export", f"exports_{kind}")
-                         for kind in ("audience", "identity", "attribute")}
-        self._records = Metrics.counter("export", "records")
-        self._exits = Metrics.counter("export", "exits")
-        self._timers = Metrics.counter("export", "timers_fired")
         self._state_bytes = Metrics.distribution("export", "state_bytes")
 
     def setup(self):
         self._exporter = ProfileExporter(self._config, AudienceSet.from_config(self._config), self._until_ms)
         self._writes = 0
+
+    def start_bundle(self):
+        self._counts = collections.Counter()  # counted here, reported once per bundle
+
+    def finish_bundle(self):
+        for name, n in self._counts.items():
+            Metrics.counter("export", name).inc(n)
 
     def process(self, element: Tuple[str, ProfileUpdate], profile=beam.DoFn.StateParam(PROFILE),
                 seeds=None) -> Iterator[Any]:
@@ -172,7 +210,7 @@ class _ExportProfileChangesFn(beam.DoFn):
 
     def _on_update(self, element, profile, time_change, seeds):
         key, update = element
-        self._updates.inc()
+        self._counts["updates"] += 1
         state = profile.read()
         if state is None:
             snapshot = seeds.get(key) if seeds else None
@@ -191,13 +229,14 @@ class _ExportProfileChangesFn(beam.DoFn):
         self._writes += 1
         if self._writes % STATE_BYTES_SAMPLE == 1:
             self._state_bytes.update(len(profile_state.encode(state)))
+        counts = self._counts
         for record, plan in out:
-            self._records.inc()
+            counts["records"] += 1
             for kind in plan.triggers:
-                self._exports[kind].inc()
+                counts["exports_" + kind] += 1
             for _, status, _ in plan.ups:
                 if status == EXITED:
-                    self._exits.inc()
+                    counts["exits"] += 1
             yield TimestampedValue(record, Timestamp(micros=record.event_time_ms * 1000))
 
 
@@ -218,7 +257,7 @@ class _TimedExportProfileChangesFn(_ExportProfileChangesFn):
         fired_ms = fired.micros // 1000
         if state is None or state.timer_ms is None or state.timer_ms > fired_ms:
             return ()  # superseded: the state already moved past this instant
-        self._timers.inc()
+        self._counts["timers_fired"] += 1
         out = self._exporter.catch_up(key, state, fired_ms + 1)
         return self._finish(state, None, out, profile, time_change)
 
