@@ -1,0 +1,130 @@
+"""``AudienceSet``: every audience of a config, compiled once and ordered for evaluation.
+
+Rule audiences are compiled by ``transforms.rules``; ``inSegment`` dependencies come first so
+one pass evaluates them all. Custom upload audiences (SPEC 5) are a set of identity values of
+one namespace read from a CSV (values stripped, empty cells skipped, matched exactly); a
+profile is a member while its identity map holds one of them.
+"""
+from __future__ import annotations
+
+import csv
+from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
+
+from transforms.config import AudienceDefinition, ExportConfig, UploadSource
+from transforms.rules import AudienceRule, RuleError, compile_rule
+
+_EMPTY: dict = {}
+
+
+def _read_upload(upload: UploadSource) -> FrozenSet[str]:
+    """The stripped, non-empty values of the CSV's ``column``; one-line ValueError naming the file."""
+    try:
+        with open(upload.path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = [h.strip() for h in next(reader, [])]
+            if upload.column not in header:
+                raise ValueError(f"{upload.path}: no column {upload.column!r} (columns: {', '.join(header) or 'none'})")
+            i = header.index(upload.column)
+            return frozenset(v for row in reader if len(row) > i and (v := row[i].strip()))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{upload.path}: cannot read upload file: {getattr(e, 'strerror', None) or e}") from None
+
+
+def _order(audiences: Sequence[AudienceDefinition], refs: Mapping[str, FrozenSet[str]]) -> List[AudienceDefinition]:
+    """Config order, except that an audience comes after those its rule names in ``inSegment``.
+    Raises ValueError on unknown references, references across merge policies and cycles."""
+    by_id = {a.id: a for a in audiences}
+    done: Dict[str, bool] = {}   # id -> finished (False: on the current path)
+    out: List[AudienceDefinition] = []
+
+    def visit(a: AudienceDefinition, path: Tuple[str, ...]):
+        state = done.get(a.id)
+        if state is False:
+            cycle = path[path.index(a.id):] + (a.id,)
+            raise ValueError(f"inSegment cycle: {' -> '.join(cycle)}")
+        if state:
+            return
+        done[a.id] = False
+        for ref in sorted(refs.get(a.id, ())):
+            other = by_id.get(ref)
+            if other is None:
+                raise ValueError(f"audience {a.id!r}: inSegment of unknown audience {ref!r}")
+            if other.merge_policy != a.merge_policy:
+                raise ValueError(f"audience {a.id!r} (merge policy {a.merge_policy!r}): inSegment of {ref!r} "
+                                 f"of another merge policy ({other.merge_policy!r})")
+            visit(other, path + (a.id,))
+        done[a.id] = True
+        out.append(a)
+
+    for a in audiences:
+        visit(a, ())
+    return out
+
+
+class AudienceSet:
+    """All audiences of one config; see the module docstring."""
+
+    def __init__(self, ordered: Sequence[AudienceDefinition], rules: Mapping[str, AudienceRule],
+                 uploads: Mapping[str, FrozenSet[str]]):
+        self.ordered: Tuple[AudienceDefinition, ...] = tuple(ordered)
+        self.rules = dict(rules)
+        self.uploads = dict(uploads)
+        self.policy_ids: Tuple[str, ...] = tuple(dict.fromkeys(a.merge_policy for a in self.ordered))
+        event_rules = [r for r in self.rules.values() if r.uses_events]
+        windows = [r.window_ms for r in event_rules]
+        self.event_retention_ms: Optional[int] = 0 if not windows else (None if None in windows else max(windows))
+        self._event_rules = tuple(event_rules)
+        # one tuple per audience: (id, policy, rule closure or None, (namespace, values) or None)
+        self._plan = tuple(
+            (a.id, a.merge_policy, self.rules[a.id].evaluate if a.id in self.rules else None,
+             (a.upload.namespace, self.uploads[a.id]) if a.id in self.uploads else None)
+            for a in self.ordered)
+
+    @classmethod
+    def from_config(cls, config: ExportConfig) -> "AudienceSet":
+        """Compiles every rule and reads every upload CSV; ``RuleError``/ValueError otherwise."""
+        rules = {a.id: compile_rule(a.id, a.rule) for a in config.audiences if a.rule is not None}
+        uploads = {a.id: _read_upload(a.upload) for a in config.audiences if a.rule is None and a.upload}
+        ordered = _order(config.audiences, {aid: r.segment_refs for aid, r in rules.items()})
+        return cls(ordered, rules, uploads)
+
+    def evaluate(self, views: Mapping[str, Mapping], identities: Mapping[str, Sequence[str]],
+                 events: Sequence[Mapping], now_ms: int) -> FrozenSet[str]:
+        """The ids of the audiences the profile is realized in, each on its own policy's view."""
+        seg: Dict[str, bool] = {}
+        for aid, policy, rule, upload in self._plan:
+            if rule is not None:
+                seg[aid] = rule(views.get(policy, _EMPTY), events, now_ms, seg)
+            elif upload is not None:
+                seg[aid] = not upload[1].isdisjoint(identities.get(upload[0], ()))
+        return frozenset(aid for aid, ok in seg.items() if ok)
+
+    def next_change_ms(self, events: Sequence[Mapping], now_ms: int) -> Optional[int]:
+        """The earliest instant > ``now_ms`` at which some event rule can change with time alone."""
+        best = None
+        for rule in self._event_rules:
+            due = rule.next_change_ms(events, now_ms)
+            if due is not None and (best is None or due < best):
+                best = due
+        return best
+
+
+def check_audiences(config: ExportConfig) -> List[str]:
+    """Config errors of the audiences, each ``audiences[i].field: message`` (for the loader)."""
+    errors, refs = [], {}
+    for i, a in enumerate(config.audiences):
+        if a.rule is not None:
+            try:
+                refs[a.id] = compile_rule(a.id, a.rule).segment_refs
+            except RuleError as e:
+                errors.append(f"audiences[{i}].rule: {e}")
+        elif a.upload is not None:
+            try:
+                _read_upload(a.upload)
+            except ValueError as e:
+                errors.append(f"audiences[{i}].upload: {e}")
+    try:
+        _order(config.audiences, refs)
+    except ValueError as e:
+        errors.append(f"audiences: {e}")
+    return errors
