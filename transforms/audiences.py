@@ -10,8 +10,11 @@ from __future__ import annotations
 import csv
 from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
+import pyarrow as pa
+
 from transforms.config import AudienceDefinition, ExportConfig, UploadSource
 from transforms.rules import AudienceRule, RuleError, compile_rule
+from transforms.vectorized import identity_membership
 
 _EMPTY: dict = {}
 
@@ -74,6 +77,7 @@ class AudienceSet:
         windows = [r.window_ms for r in event_rules]
         self.event_retention_ms: Optional[int] = 0 if not windows else (None if None in windows else max(windows))
         self._event_rules = tuple(event_rules)
+        self._upload_values = None   # the upload sets as pyarrow arrays, built by the first batch
         # one tuple per audience: (id, policy, rule closure or None, (namespace, values) or None)
         self._plan = tuple(
             (a.id, a.merge_policy, self.rules[a.id].evaluate if a.id in self.rules else None,
@@ -107,6 +111,20 @@ class AudienceSet:
             if due is not None and (best is None or due < best):
                 best = due
         return best
+
+    def evaluate_batch(self, batch, now_ms: int, events_by_profile=None) -> Dict[str, pa.BooleanArray]:
+        """Backfill: one boolean array per audience over a snapshot batch (one merged view per
+        row, so every policy reads the same columns); rules vectorized, uploads over
+        ``identityMap``. ``events_by_profile``: profile id -> events (None: no events)."""
+        if self._upload_values is None:
+            self._upload_values = {aid: pa.array(sorted(values), pa.string()) for aid, values in self.uploads.items()}
+        out: Dict[str, pa.BooleanArray] = {}
+        for a in self.ordered:
+            if a.id in self.rules:
+                out[a.id] = self.rules[a.id].vectorized(batch, now_ms, out, events_by_profile)
+            elif a.id in self.uploads:
+                out[a.id] = identity_membership(batch, a.upload.namespace, self._upload_values[a.id])
+        return out
 
 
 def check_audiences(config: ExportConfig) -> List[str]:
