@@ -199,6 +199,10 @@ class _Parser:
         self.i += 1
         return t
 
+    def ahead(self, punct: str, k: int = 1) -> bool:
+        t = self.peek(k)
+        return t.kind == "punct" and t.text == punct
+
     def is_(self, kind: str, text: Optional[str] = None) -> bool:
         t = self.tok
         return t.kind == kind and (text is None or t.text == text)
@@ -249,13 +253,13 @@ class _Parser:
             return node
         if t.kind == "ident" and t.text in ("inSegment", "xEvent") and in_event:
             raise RuleError(f"'{t.text}' is not allowed inside xEvent[...]", t.col)
-        if t.kind == "ident" and t.text == "inSegment" and self.peek().text == "(":
+        if t.kind == "ident" and t.text == "inSegment" and self.ahead("("):
             self.next()
             self.next()
             arg = self.string_arg()
             self.expect("punct", ")")
             return InSegment(arg)
-        if t.kind == "ident" and t.text == "xEvent" and self.peek().text in ("[", "."):
+        if t.kind == "ident" and t.text == "xEvent" and (self.ahead("[") or self.ahead(".")):
             return self.events()
         lit = self.literal(required=False)
         if lit is not None:                      # literal op path: flipped
@@ -294,10 +298,10 @@ class _Parser:
         t = self.tok
         if t.kind != "ident":
             raise self.unexpected()
-        if self.peek().text == "(":
+        if self.ahead("("):
             raise RuleError(f"unknown function '{t.text}'", t.col)
         parts = [self.next().text]
-        while self.is_("punct", ".") and self.peek().kind == "ident" and self.peek(2).text != "(":
+        while self.is_("punct", ".") and self.peek().kind == "ident" and not self.ahead("(", 2):
             self.next()
             parts.append(self.next().text)
         if self.is_("punct", "."):
@@ -343,15 +347,15 @@ class _Parser:
             return Lit("str", t.text)
         if t.kind == "num":
             self.next()
-            is_int = re.fullmatch(r"-?\d+", t.text) is not None
-            return Lit("num", int(t.text) if is_int else float(t.text))
-        if t.kind == "ident" and t.text in ("true", "false") and self.peek().text != ".":
+            value = int(t.text) if re.fullmatch(r"-?\d+", t.text) else float(t.text)
+            return Lit("num", value if -2 ** 63 <= value < 2 ** 63 else float(value))  # Arrow holds int64
+        if t.kind == "ident" and t.text in ("true", "false") and not self.ahead("."):
             self.next()
             return Lit("bool", t.text == "true")
-        if t.kind == "ident" and t.text == "now" and self.peek().text != ".":
+        if t.kind == "ident" and t.text == "now" and not self.ahead("."):
             self.next()
             return Lit("now", None)
-        if t.kind == "ident" and t.text == "date" and self.peek().text == "(":
+        if t.kind == "ident" and t.text == "date" and self.ahead("("):
             self.next()
             self.next()
             s = self.tok
@@ -408,7 +412,7 @@ class _Parser:
             self.expect("punct", "]")
         self.expect("punct", ".")
         name = self.tok
-        if name.kind != "ident" or self.peek().text != "(":
+        if name.kind != "ident" or not self.ahead("("):
             raise self.unexpected()
         self.next()
         self.next()

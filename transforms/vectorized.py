@@ -70,17 +70,29 @@ class _Batch:
                     arr = None
                     break
                 arr = pc.struct_field(arr, name)     # parent nulls carry over
-            if arr is not None and pa.types.is_dictionary(arr.type):
-                arr = arr.dictionary_decode()
-            if arr is not None and pa.types.is_string_view(arr.type):
-                arr = arr.cast(pa.large_string())
-            if arr is not None and pa.types.is_null(arr.type):
-                arr = None
+        if arr is not None:
+            arr = _normalize(arr)
         self._paths[path] = arr
         return arr
 
     def const(self, value: bool) -> pa.BooleanArray:
         return pa.array(np.full(self.n, value))
+
+
+def _normalize(arr: pa.Array) -> Optional[pa.Array]:
+    """The types the kernels below compare exactly (None for an all-null type)."""
+    t = arr.type
+    if pa.types.is_dictionary(t):
+        return _normalize(arr.dictionary_decode())
+    if pa.types.is_null(t):
+        return None
+    if pa.types.is_string_view(t):
+        return arr.cast(pa.large_string())
+    if pa.types.is_uint64(t):                     # exact, and comparable with int64 literals
+        return arr.cast(pa.decimal128(20, 0))
+    if pa.types.is_float16(t):                    # no compare kernels for half floats
+        return arr.cast(pa.float32())
+    return arr
 
 
 def _map_distinct(arr: pa.Array, fn, type_: pa.DataType) -> pa.Array:
