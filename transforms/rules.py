@@ -15,7 +15,8 @@ Semantics, shared by both evaluators:
   ``true``/``false``: booleans (``=``/``!=`` only: ordering them is a rule error);
   ``date("YYYY-MM-DD")``: dates, datetimes (their UTC date) and strings starting with
   ``YYYY-MM-DD``; ``now`` (the evaluation time, epoch ms): numbers (as epoch ms), datetimes
-  (naive = UTC), dates (their midnight UTC) and ISO-8601 strings.
+  (naive = UTC), dates (their midnight UTC) and strings ``parse_timestamp_ms`` reads (ISO-8601,
+  epoch-ms digits).
 - ``in [..]`` is true when some element equals the value; ``notIn [..]`` when the value
   compares with some element and equals none.
 - String functions apply to strings only; ``.matches`` must match the whole string (Python
@@ -125,7 +126,7 @@ _UNITS = {u: ms for name, ms in UNIT_MS.items() for u in (name, name[:-1])}
 
 _TOKEN = re.compile(r"""
     (?P<ws>\s+)
-  | (?P<num>-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)(?![A-Za-z_])
+  | (?P<num>-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)(?![A-Za-z_])
   | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
   | (?P<op><=|>=|!=|=|<|>)
   | (?P<punct>[()\[\],.])
@@ -347,7 +348,7 @@ class _Parser:
             return Lit("str", t.text)
         if t.kind == "num":
             self.next()
-            value = int(t.text) if re.fullmatch(r"-?\d+", t.text) else float(t.text)
+            value = int(t.text) if re.fullmatch(r"-?[0-9]+", t.text) else float(t.text)
             return Lit("num", value if -2 ** 63 <= value < 2 ** 63 else float(value))  # Arrow holds int64
         if t.kind == "ident" and t.text in ("true", "false") and not self.ahead("."):
             self.next()
@@ -361,7 +362,7 @@ class _Parser:
             s = self.tok
             text = self.string_arg()
             try:
-                if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+                if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
                     raise ValueError
                 _dt.date.fromisoformat(text)
             except ValueError:
@@ -682,7 +683,10 @@ def _reads_now(node) -> bool:
 
 class AudienceRule:
     """One audience's compiled rule. ``evaluate(view, events, now_ms, segments)`` is the compiled
-    closure itself (no method dispatch, no AST walk); pickles as its text, recompiled."""
+    closure itself (no method dispatch, no AST walk); pickles as its text, recompiled.
+    ``window_ms``: how long events matter (0: the rule reads no events; None: some event part
+    keeps events of any age, e.g. no ``occurs <``/``<=`` bound, or one under ``or``/``not``).
+    ``reads_now``: ``now`` is compared outside ``occurs`` (no timers for that)."""
 
     __slots__ = ("audience_id", "text", "node", "segment_refs", "uses_events", "window_ms",
                  "reads_now", "evaluate", "_windows", "_vectorized")
