@@ -15,8 +15,9 @@ from apache_beam.testing.util import assert_that
 from apache_beam.utils.timestamp import Timestamp
 
 from tests.export_helpers import audience, make_config
+from transforms.audiences import AudienceSet
 from transforms.config import MappedAudience, MergePolicyConfig
-from transforms.export import ExportProfileChanges, ProfileStateCoder, _reads_now
+from transforms.export import ExportProfileChanges, ProfileStateCoder
 from transforms.merge import MergePolicies
 from transforms.model import ProfileUpdate, SegmentStatus, SnapshotProfile
 from transforms.profile_state import ProfileState
@@ -269,6 +270,4 @@ def test_seeding_keeps_known_memberships_of_configured_audiences():
     ("xEvent[timestamp occurs <= 7 days before now].exists() and person.birthDate < now", True),
 ])
 def test_rules_reading_now_outside_windows_are_always_evaluated(rule, reads_now):
-    class Audiences:
-        ordered = (audience("a", rule),)
-    assert _reads_now(Audiences) is reads_now
+    assert AudienceSet.from_config(make_config(audiences=(audience("a", rule),), mapped=())).reads_now is reads_now

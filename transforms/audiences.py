@@ -76,6 +76,8 @@ class AudienceSet:
         event_rules = [r for r in self.rules.values() if r.uses_events]
         windows = [r.window_ms for r in event_rules]
         self.event_retention_ms: Optional[int] = 0 if not windows else (None if None in windows else max(windows))
+        # a rule comparing with ``now`` outside event windows can change on any update
+        self.reads_now = any(rule.reads_now for rule in self.rules.values())
         self._event_rules = tuple(event_rules)
         self._upload_values = None   # the upload sets as pyarrow arrays, built by the first batch
         # one tuple per audience: (id, policy, rule closure or None, (namespace, values) or None)

@@ -29,7 +29,6 @@ Dataflow and Flink look large side inputs up per key from their materialization.
 from __future__ import annotations
 
 import collections
-import re
 import threading
 from typing import Any, Iterator, List, Optional, Tuple
 
@@ -101,15 +100,6 @@ class ProfileStateCoder(coders.Coder):
 beam.coders.registry.register_coder(ProfileState, ProfileStateCoder)
 
 
-_WINDOW = re.compile(r"occurs\s*[<>]=?\s*\d+\s*[a-z]+\s+before\s+now")
-
-
-def _reads_now(audiences: AudienceSet) -> bool:
-    """Whether a rule reads ``now`` outside event windows: its result can then move with time
-    on any update, so no update may skip evaluation."""
-    return any(a.rule and re.search(r"\bnow\b", _WINDOW.sub("", a.rule)) for a in audiences.ordered)
-
-
 class ProfileExporter:
     """Per-profile processing without Beam: one update or time instant in, records out.
 
@@ -127,7 +117,7 @@ class ProfileExporter:
         self.formatter = RecordFormatter(config)
         self.retention_ms = audiences.event_retention_ms
         self.timed = self.retention_ms != 0        # some rule reads events
-        self.reads_now = _reads_now(audiences)
+        self.reads_now = audiences.reads_now
         self.max_events = config.evaluation.max_events_per_profile
 
     def seed(self, snapshot: SnapshotProfile) -> ProfileState:
