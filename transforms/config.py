@@ -7,7 +7,14 @@ Times are epoch milliseconds (UTC) because that is what export records carry.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Tuple
+import os
+import re
+from typing import List, Mapping as TMapping, Optional, Sequence, Tuple
+
+import yaml
+
+from transforms.errors import UserError
+from transforms.timeutil import parse_timestamp_ms
 
 
 class Secret:
@@ -142,7 +149,7 @@ class ExportConfig:
         raise KeyError(policy_id)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """All validation errors of one config, each ``field.path: message``."""
 
     def __init__(self, errors, source: Optional[str] = None):
@@ -150,3 +157,294 @@ class ConfigError(ValueError):
         self.source = source
         where = f"{source}: " if source else ""
         super().__init__(where + "; ".join(self.errors))
+
+
+# --------------------------------------------------------------------------- loading
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SECRET_KEYS = frozenset({"access_key_id", "secret_access_key", "session_token"})
+_URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
+MERGE_POLICY_TYPES = ("timestamp_ordered", "dataset_precedence")
+
+
+class _Reader:
+    """Walks the raw document, collecting every error with its field path instead of stopping
+    at the first one. Values under ``credentials`` are never echoed into a message."""
+
+    def __init__(self, environ: TMapping[str, str]):
+        self.environ = environ
+        self.errors: List[str] = []
+
+    def error(self, path: str, message: str) -> None:
+        self.errors.append(f"{path}: {message}")
+
+    def obj(self, value, path: str, required: Sequence[str], optional: Sequence[str]) -> Optional[dict]:
+        if not isinstance(value, dict):
+            self.error(path, f"expected an object, got {_type_name(value)}")
+            return None
+        for key in value:
+            if key not in required and key not in optional:
+                self.error(_join(path, key), "unknown key")
+        for key in required:
+            if value.get(key) is None:
+                self.error(_join(path, key), "required field missing")
+        return value
+
+    def text(self, obj: Optional[dict], key: str, path: str, default=None, secret=False):
+        value = None if obj is None else obj.get(key)
+        where = _join(path, key)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            self.error(where, f"expected a string, got {_type_name(value)}")
+            return default
+        expanded = self.expand(value, where)
+        if expanded is None:
+            return default
+        return Secret(expanded) if secret else expanded
+
+    def expand(self, value: str, where: str) -> Optional[str]:
+        missing = [m.group(1) for m in _ENV_REF.finditer(value) if m.group(1) not in self.environ]
+        for name in missing:
+            self.error(where, f"environment variable {name} is not set")
+        if missing:
+            return None
+        return _ENV_REF.sub(lambda m: self.environ[m.group(1)], value)
+
+    def number(self, obj, key, path, default, kind=int, minimum=None):
+        value = None if obj is None else obj.get(key)
+        where = _join(path, key)
+        if value is None:
+            return default
+        if isinstance(value, str):
+            value = self.expand(value, where)
+            if value is None:
+                return default
+            try:
+                value = kind(value)
+            except ValueError:
+                self.error(where, f"expected {'an integer' if kind is int else 'a number'}, got a string")
+                return default
+        ok = isinstance(value, int) if kind is int else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok:
+            self.error(where, f"expected {'an integer' if kind is int else 'a number'}, got {_type_name(value)}")
+            return default
+        if minimum is not None and value < minimum:
+            self.error(where, f"must be at least {minimum}, got {value}")
+            return default
+        return kind(value)
+
+    def flag(self, obj, key, path, default=False) -> bool:
+        value = None if obj is None else obj.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.error(_join(path, key), f"expected true or false, got {_type_name(value)}")
+            return default
+        return value
+
+    def time_ms(self, obj, key, path) -> Optional[int]:
+        value = None if obj is None else obj.get(key)
+        if value is None:
+            return None
+        try:
+            return parse_timestamp_ms(value)
+        except ValueError as e:
+            self.error(_join(path, key), str(e))
+            return None
+
+    def items(self, obj, key, path, required=False) -> List[Tuple[str, object]]:
+        value = None if obj is None else obj.get(key)
+        where = _join(path, key)
+        if value is None:
+            if required:
+                self.error(where, "required field missing")
+            return []
+        if not isinstance(value, list):
+            self.error(where, f"expected a list, got {_type_name(value)}")
+            return []
+        return [(f"{where}[{i}]", v) for i, v in enumerate(value)]
+
+    def strings(self, obj, key, path) -> Tuple[str, ...]:
+        out = []
+        for where, v in self.items(obj, key, path):
+            if isinstance(v, str) and v.strip():
+                out.append(self.expand(v, where) or v)
+            else:
+                self.error(where, f"expected a non-empty string, got {_type_name(v)}")
+        return tuple(out)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _type_name(value) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _resolve(path: str, base_dir: str) -> str:
+    if _URL.match(path) or os.path.isabs(path):
+        return path
+    return os.path.normpath(os.path.join(base_dir, path))
+
+
+def _read_text(path: str) -> str:
+    if not _URL.match(path):
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    from apache_beam.io.filesystems import FileSystems  # gs://, s3://: Beam's filesystems
+    with FileSystems.open(path) as f:
+        return f.read().decode("utf-8")
+
+
+def load_config(path: str, environ: Optional[TMapping[str, str]] = None) -> ExportConfig:
+    """Read, expand and validate a YAML or JSON config file; ``ConfigError`` lists every problem."""
+    try:
+        text = _read_text(path)
+    except Exception as e:  # any filesystem's "cannot open" becomes one line
+        raise ConfigError([f"cannot read config file: {getattr(e, 'strerror', None) or e}"], path) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"not valid YAML or JSON{where}: {getattr(e, 'problem', None) or e}"], path) from None
+    base_dir = path.rsplit("/", 1)[0] if _URL.match(path) else os.path.dirname(os.path.abspath(path))
+    return config_from_dict(data, base_dir, os.environ if environ is None else environ, source=path)
+
+
+def config_from_dict(data, base_dir: str, environ: TMapping[str, str], source: Optional[str] = None) -> ExportConfig:
+    r = _Reader(environ)
+    top = r.obj(data, "", ("destination", "mapping", "merge_policies", "audiences"),
+                ("alerts", "evaluation")) or {}
+    destination = _destination(r, top.get("destination"), base_dir)
+    alerts = r.obj(top.get("alerts", {}), "alerts", (), ("latency_p95_seconds",))
+    evaluation = r.obj(top.get("evaluation", {}), "evaluation", (), ("max_events_per_profile",))
+    policies = _merge_policies(r, top)
+    audiences = _audiences(r, top, policies, base_dir)
+    mapping = _mapping(r, top.get("mapping"), audiences)
+    config = ExportConfig(
+        destination=destination, mapping=mapping, merge_policies=policies, audiences=audiences,
+        alerts=AlertSettings(r.number(alerts, "latency_p95_seconds", "alerts", 600.0, float, 0)),
+        evaluation=EvaluationSettings(r.number(evaluation, "max_events_per_profile", "evaluation", 1000, int, 1)),
+        source=source)
+    from transforms.audiences import check_audiences  # the rule language imports this module
+    errors = r.errors + check_audiences(config)
+    if errors:
+        raise ConfigError(errors, source)
+    return config
+
+
+def _destination(r: _Reader, raw, base_dir: str) -> Optional[Destination]:
+    path = "destination"
+    d = r.obj(raw, path, ("name", "region", "stream"),
+              ("description", "endpoint_url", "credentials", "include_segment_names",
+               "include_segment_timestamps", "retry", "dead_letter"))
+    if d is None:
+        return None
+    credentials = None
+    if d.get("credentials") is not None:
+        c = r.obj(d["credentials"], f"{path}.credentials", ("access_key_id", "secret_access_key"),
+                  ("session_token",))
+        if c is not None:
+            where = f"{path}.credentials"
+            credentials = Credentials(r.text(c, "access_key_id", where, secret=True),
+                                      r.text(c, "secret_access_key", where, secret=True),
+                                      r.text(c, "session_token", where, secret=True))
+    retry = RetrySettings()
+    if d.get("retry") is not None:
+        where = f"{path}.retry"
+        raw_retry = r.obj(d["retry"], where, (), ("max_retries", "base_delay_ms", "max_delay_ms"))
+        retry = RetrySettings(r.number(raw_retry, "max_retries", where, 2, int, 0),
+                              r.number(raw_retry, "base_delay_ms", where, 100, int, 0),
+                              r.number(raw_retry, "max_delay_ms", where, 5000, int, 0))
+        if retry.max_delay_ms < retry.base_delay_ms:
+            r.error(f"{where}.max_delay_ms", f"must be at least base_delay_ms ({retry.base_delay_ms})")
+    return Destination(
+        name=r.text(d, "name", path), region=r.text(d, "region", path), stream=r.text(d, "stream", path),
+        dead_letter=_resolve(r.text(d, "dead_letter", path, "dead-letter"), base_dir),
+        description=r.text(d, "description", path), endpoint_url=r.text(d, "endpoint_url", path),
+        credentials=credentials,
+        include_segment_names=r.flag(d, "include_segment_names", path),
+        include_segment_timestamps=r.flag(d, "include_segment_timestamps", path), retry=retry)
+
+
+def _merge_policies(r: _Reader, top) -> Tuple[MergePolicyConfig, ...]:
+    policies, seen = [], set()
+    for where, raw in r.items(top, "merge_policies", "", required=True):
+        p = r.obj(raw, where, ("id", "type"), ("default", "datasets"))
+        if p is None:
+            continue
+        pid, kind = r.text(p, "id", where), r.text(p, "type", where)
+        if pid in seen:
+            r.error(f"{where}.id", f"duplicate merge policy id {pid!r}")
+        seen.add(pid)
+        if kind is not None and kind not in MERGE_POLICY_TYPES:
+            r.error(f"{where}.type", f"unknown merge policy type {kind!r} (expected {' or '.join(MERGE_POLICY_TYPES)})")
+        datasets = r.strings(p, "datasets", where)
+        if kind == "dataset_precedence" and not datasets:
+            r.error(f"{where}.datasets", "dataset_precedence needs the datasets in precedence order")
+        policies.append(MergePolicyConfig(pid, kind, r.flag(p, "default", where), datasets))
+    defaults = [p.id for p in policies if p.default]
+    if len(policies) == 1 and not defaults:  # a single policy is the default
+        policies[0] = dataclasses.replace(policies[0], default=True)
+    elif policies and len(defaults) != 1:
+        r.error("merge_policies", f"exactly one policy must have default: true, found {len(defaults)}")
+    return tuple(policies)
+
+
+def _audiences(r: _Reader, top, policies, base_dir) -> Tuple[AudienceDefinition, ...]:
+    policy_ids = {p.id for p in policies}
+    default = next((p.id for p in policies if p.default), None)
+    audiences, seen = [], set()
+    for where, raw in r.items(top, "audiences", "", required=True):
+        a = r.obj(raw, where, ("id", "name"), ("description", "created_at", "updated_at",
+                                               "merge_policy", "rule", "upload"))
+        if a is None:
+            continue
+        aid = r.text(a, "id", where)
+        if aid in seen:
+            r.error(f"{where}.id", f"duplicate audience id {aid!r}")
+        seen.add(aid)
+        policy = r.text(a, "merge_policy", where, default)
+        if a.get("merge_policy") is not None and policy not in policy_ids:
+            r.error(f"{where}.merge_policy", f"unknown merge policy {policy!r}")
+        has_rule, has_upload = a.get("rule") is not None, a.get("upload") is not None
+        if has_rule == has_upload:
+            r.error(where, "has both a rule and an upload; give one" if has_rule else "needs a rule or an upload")
+        upload = None
+        if has_upload:
+            u = r.obj(a["upload"], f"{where}.upload", ("path", "column", "namespace"), ())
+            fields = [r.text(u, k, f"{where}.upload") for k in ("path", "column", "namespace")]
+            if None not in fields:  # incomplete uploads are reported above and not read
+                upload = UploadSource(_resolve(fields[0], base_dir), fields[1], fields[2])
+        rule = r.text(a, "rule", where)
+        audiences.append(AudienceDefinition(
+            id=aid, name=r.text(a, "name", where), merge_policy=policy, rule=rule, upload=upload,
+            description=r.text(a, "description", where),
+            created_at_ms=r.time_ms(a, "created_at", where), updated_at_ms=r.time_ms(a, "updated_at", where)))
+    return tuple(audiences)
+
+
+def _mapping(r: _Reader, raw, audiences) -> Mapping:
+    m = r.obj(raw, "mapping", (), ("attributes", "audiences"))
+    defined = {a.id for a in audiences}
+    mapped, seen = [], set()
+    for where, item in r.items(m, "audiences", "mapping"):
+        if isinstance(item, str):  # a bare id is accepted too
+            item = {"id": item}
+        e = r.obj(item, where, ("id",), ("mapped_at", "mapping_updated_at"))
+        if e is None:
+            continue
+        aid = r.text(e, "id", where)
+        if aid in seen:
+            r.error(f"{where}.id", f"audience {aid!r} is mapped twice")
+        elif aid is not None and aid not in defined:
+            r.error(f"{where}.id", f"mapped audience {aid!r} is not defined in audiences")
+        seen.add(aid)
+        mapped.append(MappedAudience(aid, r.time_ms(e, "mapped_at", where), r.time_ms(e, "mapping_updated_at", where)))
+    return Mapping(attributes=r.strings(m, "attributes", "mapping"), audiences=tuple(mapped))

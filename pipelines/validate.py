@@ -1,0 +1,33 @@
+"""``python -m pipelines.validate --config C``: check a config before anything runs.
+
+Prints one line and exits 0 when valid; otherwise prints how many errors, then one line per
+error (each with its field path) on stderr and exits 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from transforms.config import ConfigError, load_config
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.validate", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="export config, YAML or JSON")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"{args.config}: invalid config: {len(e.errors)} error(s)", file=sys.stderr)
+        for error in e.errors:
+            print(f"  {error}", file=sys.stderr)
+        return 2
+    mapped = len(config.mapping.audiences)
+    print(f"OK: {args.config}: {len(config.audiences)} audiences ({mapped} mapped), "
+          f"{len(config.merge_policies)} merge policies, stream {config.destination.stream}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
