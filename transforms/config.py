@@ -216,7 +216,7 @@ class _Reader:
         where = _join(path, key)
         if value is None:
             return default
-        if isinstance(value, str):
+        if isinstance(value, str) and _ENV_REF.search(value):  # a number from the environment
             value = self.expand(value, where)
             if value is None:
                 return default

@@ -1,0 +1,124 @@
+"""Deterministic sample data: Parquet snapshots, profile updates, events (tests, demo, benchmarks).
+
+Columns are built with numpy and pyarrow (no per-row Python) so a 1M-profile snapshot takes a
+few seconds.
+"""
+from __future__ import annotations
+
+import json
+from typing import Dict, Iterator, List, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+FIRST = ["John", "Jane", "Marty", "Emmett", "Lorraine", "George", "Biff", "Jennifer", "Zoë", "Ana \"Q\""]
+LAST = ["Doe", "McFly", "Brown", "Baines", "Tannen", "Parker", "Smith", "Müller"]
+MAKES = ["DeLorean", "Ford", "Toyota", "Tesla", "BMW"]
+TIERS = ["bronze", "silver", "gold", "platinum"]
+BASE_MS = 1_714_557_600_000  # 2024-05-01T10:00:00Z
+
+IDENTITY_TYPE = pa.map_(pa.string(), pa.list_(pa.struct([("id", pa.string())])))
+
+
+def _masked(values: np.ndarray, rng, null_fraction: float, type_=None) -> pa.Array:
+    array = pa.array(values, type=type_, mask=rng.random(len(values)) < null_fraction)
+    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+
+
+def snapshot_table(n: int, seed: int = 7, with_membership: bool = False, start: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    ids = np.char.add("p-", np.arange(start, start + n).astype(str))
+    profile_id = pa.array(ids, pa.string())
+    timestamp = pa.array(BASE_MS - rng.integers(0, 90 * 86_400_000, n), pa.timestamp("ms", tz="UTC"))
+    first = _masked(np.array(FIRST)[rng.integers(0, len(FIRST), n)], rng, 0.05, pa.string())
+    last = _masked(np.array(LAST)[rng.integers(0, len(LAST), n)], rng, 0.1, pa.string())
+    birth = _masked(rng.integers(-3650, 12000, n).astype("int32"), rng, 0.1, pa.int32()).cast(pa.date32())
+    name = pa.StructArray.from_arrays([first, last], ["firstName", "lastName"])
+    person = pa.StructArray.from_arrays([name, birth], ["name", "birthDate"])
+    emails = np.char.add(np.char.add("user", np.arange(start, start + n).astype(str)), "@example.com")
+    email = _masked(emails, rng, 0.2, pa.string())
+    personal_email = pa.StructArray.from_arrays([email], ["address"])
+    make = _masked(np.array(MAKES)[rng.integers(0, len(MAKES), n)], rng, 0.3, pa.string())
+    vehicle = pa.StructArray.from_arrays([make], ["make"])
+    points = _masked(rng.integers(0, 10_000, n), rng, 0.2, pa.int64())
+    tier = _masked(np.array(TIERS)[rng.integers(0, len(TIERS), n)], rng, 0.2, pa.string())
+    loyalty = pa.StructArray.from_arrays([points, tier], ["points", "tier"])
+    # identityMap: every profile an ecid; 80% an email entry too
+    has_email = rng.random(n) < 0.8
+    n_entries = 1 + has_email.astype(np.int32)
+    map_offsets = np.concatenate([[0], np.cumsum(n_entries)]).astype(np.int32)
+    total = int(map_offsets[-1])
+    keys = np.full(total, "ecid", dtype=object)
+    ecids = np.char.add("ecid-", (rng.integers(10**9, 10**10, n)).astype(str))
+    values = np.empty(total, dtype=object)
+    first_slot = map_offsets[:-1]
+    values[first_slot] = ecids
+    email_slots = first_slot[has_email] + 1
+    keys[email_slots] = "email"
+    values[email_slots] = emails[has_email]
+    id_struct = pa.StructArray.from_arrays([pa.array(values, pa.string())], ["id"])
+    items = pa.ListArray.from_arrays(pa.array(np.arange(total + 1, dtype=np.int32)), id_struct)
+    identity = pa.MapArray.from_arrays(pa.array(map_offsets), pa.array(keys, pa.string()), items)
+    columns = {"profileId": profile_id, "timestamp": timestamp, "identityMap": identity}
+    if with_membership:
+        qualified = rng.random(n) < 0.3
+        times = np.datetime_as_string((BASE_MS - rng.integers(0, 30 * 86_400_000, n)).astype("datetime64[ms]"), unit="s")
+        text = np.char.add(np.char.add('{"ups":{"aud-delorean":{"lastQualificationTime":"', times), 'Z","status":"existing"}}}')
+        columns["segmentMembership"] = pa.array(np.where(qualified, text, None), pa.string())
+    columns.update(person=person, personalEmail=personal_email, vehicle=vehicle, loyalty=loyalty)
+    return pa.table(columns)
+
+
+def write_snapshot(path: str, n_profiles: int, seed: int = 7, with_membership: bool = False,
+                   row_group_size: int = 131072) -> str:
+    pq.write_table(snapshot_table(n_profiles, seed, with_membership), path, row_group_size=row_group_size)
+    return path
+
+
+def make_updates(n: int, n_profiles: int, seed: int = 11, start_ms: int = BASE_MS,
+                 step_ms: int = 60_000) -> List[dict]:
+    """Update documents (SPEC 4 JSON) touching ``n_profiles`` profiles in time order: attribute
+    writes (mapped and unmapped), identities, and purchase events."""
+    rng = np.random.default_rng(seed)
+    profiles = rng.integers(0, n_profiles, n)
+    kinds = rng.integers(0, 6, n)
+    out = []
+    for i in range(n):
+        pid = f"p-{profiles[i]}"
+        doc: Dict = {"profileId": pid, "timestamp": start_ms + i * step_ms}
+        k = kinds[i]
+        if k == 0:
+            doc["attributes"] = {"vehicle": {"make": MAKES[i % len(MAKES)]},
+                                 "person": {"birthDate": f"19{60 + i % 40}-0{1 + i % 9}-1{i % 10}"}}
+        elif k == 1:
+            doc["attributes"] = {"person": {"name": {"firstName": FIRST[i % len(FIRST)]}}}
+        elif k == 2:
+            doc["identityMap"] = {"email": [{"id": f"{pid}@example.com"}]}
+        elif k == 3:
+            doc["event"] = {"eventType": "commerce.purchases",
+                            "commerce": {"order": {"priceTotal": float(rng.integers(10, 400))}}}
+        elif k == 4:
+            doc["attributes"] = {"loyalty": {"points": int(rng.integers(0, 1000))}}
+        else:
+            doc["datasetId"] = "crm"
+            doc["attributes"] = {"personalEmail": {"address": f"{pid}@crm.example"}}
+        out.append(doc)
+    return out
+
+
+def write_jsonl_updates(path: str, updates: List[dict]) -> str:
+    with open(path, "w", encoding="utf-8") as f:
+        for doc in updates:
+            f.write(json.dumps(doc) + "\n")
+    return path
+
+
+def write_avro_updates(path: str, updates: List[dict]) -> str:
+    import fastavro
+    from schemas import load_schema
+    records = [{**doc, "attributes": json.dumps(doc["attributes"]) if "attributes" in doc else None,
+                "event": json.dumps(doc["event"]) if "event" in doc else None} for doc in updates]
+    with open(path, "wb") as f:
+        fastavro.writer(f, fastavro.parse_schema(load_schema("profile_update.avsc")), records)
+    return path
