@@ -98,6 +98,15 @@ class RecordFormatter:
             for status in ("realized", "exited"):
                 self._tail[aud.id, status] = f'","status":"{status}"{static}}}'
 
+    def ups_entry_parts(self, audience_id: str, status: str) -> Tuple[str, str]:
+        """The JSON text before and after an entry's ``lastQualificationTime`` value (the
+        vectorized backfill builds the same entries from them)."""
+        return self._head[audience_id], self._tail[audience_id, status]
+
+    @property
+    def mapped_tree(self) -> Dict[str, Optional[dict]]:
+        return self._tree
+
     def format(self, view: Mapping[str, Any], ups: Iterable[Tuple[str, str, int]],
                identities: Mapping[str, Sequence[str]]) -> bytes:
         """Compact UTF-8 JSON: mapped attributes present on ``view``, ``segmentMembership``
