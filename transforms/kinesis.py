@@ -32,6 +32,7 @@ import collections
 import json
 import logging
 import random
+import re
 import time
 from typing import Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -57,6 +58,7 @@ THROTTLING_ERRORS = frozenset({"ProvisionedThroughputExceededException", "LimitE
                                "ThrottlingException", "Throttling", "RequestLimitExceeded",
                                "SlowDown", "TooManyRequestsException"})
 RECORD_TOO_LARGE = "RecordTooLarge"
+_XML_ERROR = re.compile(r"<Code>([^<]+)</Code>\s*<Message>([^<]*)</Message>")
 
 
 class KinesisSetupError(UserError):
@@ -85,7 +87,11 @@ def _error_code(error: Exception) -> Tuple[str, str, Optional[int]]:
     if isinstance(error, ClientError):
         err = error.response.get("Error", {})
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return err.get("Code") or "ClientError", err.get("Message") or str(error), status
+        code, message = err.get("Code") or "ClientError", err.get("Message") or str(error)
+        xml = _XML_ERROR.search(message)
+        if xml:  # an XML error body (IAM gateways) in a JSON-protocol response
+            code, message = xml.group(1), xml.group(2)
+        return code, message, status
     return type(error).__name__, str(error), None
 
 
@@ -106,8 +112,8 @@ def check_stream(destination: Destination, client=None) -> None:
                 break
             kwargs = {"ExclusiveStartStreamName": names[-1]}
     except ClientError as e:
-        code, message, _ = _error_code(e)
-        if "AccessDenied" in code:
+        code, message, status = _error_code(e)
+        if "AccessDenied" in code or status == 403:
             raise KinesisSetupError(f"{where}: permission kinesis:ListStreams is missing ({code})") from None
         if code in ("UnrecognizedClientException", "InvalidSignatureException", "InvalidClientTokenId",
                     "ExpiredTokenException", "IncompleteSignature"):
