@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any, Dict, Iterable, Iterator, Tuple, Union
+import time
+from typing import Any, Dict, Iterable, Iterator, Optional, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -204,21 +205,162 @@ class ReadProfileUpdates(beam.PTransform):
                 | "Parse" >> beam.ParDo(_ReadUpdatesFileFn()).with_outputs(DEAD_LETTER, main=UPDATES))
 
 
-class WatchProfileUpdates(beam.PTransform):
-    """``watch:DIR``: files landing in DIR are read as they arrive (polled every ``interval_s``;
-    each file once). ``stop_after_s`` bounds the watch, for tests and demos."""
+# ------------------------------------------------------------------ kinesis:STREAM (unbounded)
 
-    def __init__(self, directory: str, interval_s: float = 5.0, stop_after_s: float = None):
+UNBOUNDED_SEQUENCE = 1 << 160  # above any Kinesis sequence number (they fit in 128 bits)
+
+
+class _PollRestrictionProvider(beam.transforms.core.RestrictionProvider):
+    """The positions still to read, ``[start, UNBOUNDED)``: Kinesis sequence numbers of a shard,
+    or file modification times (ns) of a watched directory. A checkpoint is the residual after
+    the last claimed position, so a restart resumes just after what the runner committed."""
+
+    def initial_restriction(self, shard):
+        from apache_beam.io.restriction_trackers import OffsetRange
+        return OffsetRange(0, UNBOUNDED_SEQUENCE)
+
+    def create_tracker(self, restriction):
+        from apache_beam.io.restriction_trackers import OffsetRestrictionTracker
+        return OffsetRestrictionTracker(restriction)
+
+    def restriction_size(self, shard, restriction):
+        return 1  # unknown backlog; every shard weighs the same
+
+    def truncate(self, shard, restriction):
+        return None  # drain: stop reading
+
+
+def shard_iterator_args(stream: str, shard_id: str, start: int) -> dict:
+    """Where to (re)start a shard: the beginning, or just after the last committed record."""
+    args = {"StreamName": stream, "ShardId": shard_id}
+    if start == 0:
+        args["ShardIteratorType"] = "TRIM_HORIZON"
+    else:
+        args.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=str(start - 1))
+    return args
+
+
+class _ReadShardFn(beam.DoFn):
+    """Reads one shard with GetShardIterator/GetRecords; between polls the rest of the shard is
+    deferred (a checkpoint the runner persists)."""
+
+    def __init__(self, stream, region, endpoint_url, credentials, poll_interval_s, max_idle_polls):
+        self._stream, self._region, self._endpoint_url, self._credentials = stream, region, endpoint_url, credentials
+        self._poll_interval_s, self._max_idle_polls = poll_interval_s, max_idle_polls
+        self._updates = Metrics.counter("inputs", "updates_read")
+        self._bad = Metrics.counter("inputs", "input_dead_letters")
+
+    def setup(self):
+        from transforms.config import Destination
+        from transforms.kinesis import make_client
+        self._client = make_client(Destination("input", self._region, self._stream, "", endpoint_url=self._endpoint_url,
+                                               credentials=self._credentials))
+        self._idle = {}
+
+    @beam.DoFn.unbounded_per_element()
+    def process(self, shard_id: str, tracker=beam.DoFn.RestrictionParam(_PollRestrictionProvider())):
+        start = tracker.current_restriction().start
+        iterator = self._client.get_shard_iterator(**shard_iterator_args(self._stream, shard_id, start))["ShardIterator"]
+        page = self._client.get_records(ShardIterator=iterator, Limit=1000)
+        source = f"kinesis:{self._stream}/{shard_id}"
+        for record in page["Records"]:
+            sequence = int(record["SequenceNumber"])
+            if not tracker.try_claim(sequence):
+                return
+            item = parse_json_update(record["Data"], source, 0)
+            if isinstance(item, ProfileUpdate):
+                self._updates.inc()
+                yield TimestampedValue(item, item.timestamp_ms / 1000.0)
+            else:
+                self._bad.inc()
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER, item._replace(position=f"sequence {sequence}"))
+        idle = 0 if page["Records"] else self._idle.get(shard_id, 0) + 1
+        self._idle[shard_id] = idle
+        if self._max_idle_polls is not None and idle >= self._max_idle_polls:
+            tracker.try_claim(UNBOUNDED_SEQUENCE - 1)  # bounded for tests and demos: the shard is done
+            return
+        from apache_beam.utils.timestamp import Duration
+        tracker.defer_remainder(Duration(seconds=self._poll_interval_s if not page["Records"] else 0))
+
+
+class ReadKinesisUpdates(beam.PTransform):
+    """``kinesis:STREAM``: JSON updates from every shard of an input stream (unbounded).
+
+    ``max_idle_polls`` ends a shard after that many empty polls in a row (tests, demos)."""
+
+    def __init__(self, stream: str, region: str, endpoint_url=None, credentials=None,
+                 poll_interval_s: float = 1.0, max_idle_polls=None):
         super().__init__()
-        self._pattern = FileSystems.join(directory, "*")
-        self._interval_s = interval_s
-        self._stop_after_s = stop_after_s
+        self._stream, self._region, self._endpoint_url, self._credentials = stream, region, endpoint_url, credentials
+        self._poll_interval_s, self._max_idle_polls = poll_interval_s, max_idle_polls
+
+    def _shards(self):
+        from transforms.config import Destination
+        from transforms.kinesis import make_client
+        client = make_client(Destination("input", self._region, self._stream, "", endpoint_url=self._endpoint_url,
+                                         credentials=self._credentials))
+        try:
+            shards, kwargs = [], {"StreamName": self._stream}
+            while True:
+                page = client.list_shards(**kwargs)
+                shards += [s["ShardId"] for s in page["Shards"]]
+                if not page.get("NextToken"):
+                    return shards
+                kwargs = {"NextToken": page["NextToken"]}
+        except Exception as e:
+            raise UserError(f"--input kinesis:{self._stream}: cannot list shards: {e}") from None
 
     def expand(self, pbegin):
-        from apache_beam.io import fileio
-        from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
-        stop = MAX_TIMESTAMP if self._stop_after_s is None else Timestamp.now() + self._stop_after_s
         return (pbegin
-                | "Match" >> fileio.MatchContinuously(self._pattern, interval=self._interval_s, stop_timestamp=stop)
-                | "Paths" >> beam.Map(lambda m: m.path)
+                | "Shards" >> beam.Create(self._shards())
+                | "ReadShards" >> beam.ParDo(_ReadShardFn(self._stream, self._region, self._endpoint_url,
+                                                          self._credentials, self._poll_interval_s,
+                                                          self._max_idle_polls)).with_outputs(DEAD_LETTER, main=UPDATES))
+
+
+class _WatchDirectoryFn(beam.DoFn):
+    """Lists a directory; files modified after the last claimed modification time are new.
+    Between polls the rest is deferred (a checkpoint); the poll also sleeps up to a second when
+    idle, since not every runner honours a deferral's delay."""
+
+    def __init__(self, interval_s: float, stop_at_s: Optional[float]):
+        self._interval_s, self._stop_at_s = interval_s, stop_at_s
+
+    @beam.DoFn.unbounded_per_element()
+    def process(self, directory: str, tracker=beam.DoFn.RestrictionParam(_PollRestrictionProvider())):
+        import os
+        from apache_beam.utils.timestamp import Duration
+        start = tracker.current_restriction().start
+        landed = []
+        for entry in os.scandir(directory):
+            if entry.is_file() and not entry.name.startswith(".") and not entry.name.endswith(".tmp"):
+                mtime = entry.stat().st_mtime_ns
+                if mtime >= start:
+                    landed.append((mtime, entry.path))
+        for mtime, path in sorted(landed):
+            if not tracker.try_claim(mtime):
+                return
+            yield path
+        if self._stop_at_s is not None and time.time() >= self._stop_at_s:
+            tracker.try_claim(UNBOUNDED_SEQUENCE - 1)
+            return
+        if not landed:
+            time.sleep(min(self._interval_s, 1.0))
+        tracker.defer_remainder(Duration(seconds=self._interval_s))
+
+
+class WatchProfileUpdates(beam.PTransform):
+    """``watch:DIR``: files landing in DIR are read as they arrive (polled every ``interval_s``;
+    each file once, by modification time; hidden and ``*.tmp`` files are skipped, so writers
+    should write under such a name and rename). ``stop_after_s`` bounds the watch (tests, demos)."""
+
+    def __init__(self, directory: str, interval_s: float = 5.0, stop_after_s: Optional[float] = None):
+        super().__init__()
+        self._directory, self._interval_s, self._stop_after_s = directory, interval_s, stop_after_s
+
+    def expand(self, pbegin):
+        stop_at = None if self._stop_after_s is None else time.time() + self._stop_after_s
+        return (pbegin
+                | "Directory" >> beam.Create([self._directory])
+                | "Poll" >> beam.ParDo(_WatchDirectoryFn(self._interval_s, stop_at))
                 | "Parse" >> beam.ParDo(_ReadUpdatesFileFn()).with_outputs(DEAD_LETTER, main=UPDATES))
