@@ -10,7 +10,7 @@ otherwise dominate. ``--direct_num_workers`` spreads row groups over processes.
 from __future__ import annotations
 
 import sys
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -35,8 +35,8 @@ class BackfillOptions(PipelineOptions):
         parser.add_argument("--batch_size", type=int, default=65536, help="rows per record batch")
 
 
-def select_audiences(config: ExportConfig, requested: Optional[str], has_events: bool) -> List[str]:
-    """The mapped audiences to export; event-rule audiences are skipped without ``--events``."""
+def select_audiences(config: ExportConfig, requested: Optional[str], has_events: bool) -> Tuple[List[str], List[str]]:
+    """The mapped audiences to export, and those skipped: event-rule audiences without ``--events``."""
     mapped = [m.id for m in config.mapping.audiences]
     selected = mapped
     if requested:
@@ -45,16 +45,14 @@ def select_audiences(config: ExportConfig, requested: Optional[str], has_events:
         if unknown:
             raise UserError(f"--audiences: not mapped in the config: {', '.join(unknown)} "
                             f"(mapped: {', '.join(mapped) or 'none'})")
+    skipped = []
     if not has_events:
         audiences = AudienceSet.from_config(config)
-        needs = [a for a in selected if a in audiences.rules and audiences.rules[a].uses_events]
-        if needs:
-            print(f"backfill: skipping audiences whose rules need events (give --events): {', '.join(needs)}",
-                  file=sys.stderr)
-            selected = [a for a in selected if a not in needs]
+        skipped = [a for a in selected if a in audiences.rules and audiences.rules[a].uses_events]
+        selected = [a for a in selected if a not in skipped]
     if not selected:
-        raise UserError("no audience left to export")
-    return selected
+        raise UserError("no audience left to export" + (" (their rules need --events)" if skipped else ""))
+    return selected, skipped
 
 
 def run(argv: Sequence[str]) -> int:
@@ -64,11 +62,14 @@ def run(argv: Sequence[str]) -> int:
     snapshot = require(opts.snapshot, "--snapshot")
     config = load_job_config(options)
     as_of_ms = parse_time_option(opts.as_of, "--as_of") or now_ms()
-    selected = select_audiences(config, opts.audiences, bool(opts.events))
+    selected, skipped = select_audiences(config, opts.audiences, bool(opts.events))
     paths = match_files(snapshot)
     if opts.events:
         match_files(opts.events, "--events")
     check_output(config, output)
+    if skipped:
+        print(f"backfill: skipping audiences whose rules need events (give --events): {', '.join(skipped)}",
+              file=sys.stderr)
     default_runner(options, "DirectRunner")
     pipeline = beam.Pipeline(options=options)
     records = pipeline | "ExportSnapshot" >> ExportSnapshot(
