@@ -74,7 +74,7 @@ def run(argv: Sequence[str]) -> int:
     pipeline = beam.Pipeline(options=options)
     records = pipeline | "ExportSnapshot" >> ExportSnapshot(
         config, paths, selected, as_of_ms, opts.events, as_lines=output != KINESIS, batch_size=opts.batch_size)
-    write_output(records, config, output)
+    write_output(records, config, output, live=False)
     result = pipeline.run()
     result.wait_until_finish()
     profiles = metric_total(result, "profiles", "backfill")

@@ -57,11 +57,12 @@ def default_runner(options: PipelineOptions, runner: str) -> None:
         standard.runner = runner
 
 
-def write_output(records: beam.PCollection, config: ExportConfig, output: str):
-    """``--output kinesis`` (checked with ListStreams before the pipeline starts) or a directory."""
+def write_output(records: beam.PCollection, config: ExportConfig, output: str, live: bool = True):
+    """``--output kinesis`` (checked with ListStreams before the pipeline starts) or a directory.
+    ``live=False`` (replays, backfills): update times are history, so no latency alerts."""
     if output == KINESIS:
         from transforms.kinesis import KinesisWrite
-        return records | "WriteToKinesis" >> KinesisWrite(config.destination, alerts=config.alerts)
+        return records | "WriteToKinesis" >> KinesisWrite(config.destination, alerts=config.alerts if live else None)
     from transforms.file_sink import WriteRecordFiles
     return records | "WriteRecordFiles" >> WriteRecordFiles(output)
 

@@ -86,7 +86,7 @@ def build(pipeline: beam.Pipeline, config: ExportConfig, options: PipelineOption
         from transforms.snapshot import ReadSnapshotProfiles
         seed = pipeline | "ReadSeed" >> ReadSnapshotProfiles(streaming.seed_snapshot)
     records = read.updates | "ExportProfileChanges" >> ExportProfileChanges(config, seed=seed, until_ms=until_ms)
-    write_output(records, config, job.output)
+    write_output(records, config, job.output, live=is_unbounded(source))
 
 
 def run(argv: Sequence[str]) -> int:

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
 
 import pytest
+
+from pipelines.local_kinesis import LocalKinesis
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -17,35 +15,14 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-2")
 REGION = "us-east-2"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_moto(env_extra=None):
-    """A moto server subprocess on a free loopback port; returns (process, endpoint URL)."""
-    port = free_port()
-    env = dict(os.environ, **(env_extra or {}))
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("moto server did not start")
+    """A moto server subprocess on a free loopback port; returns (server, endpoint URL)."""
+    server = LocalKinesis(env_extra, REGION).start()
+    return server, server.url
 
 
-def stop(proc):
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+def stop(server):
+    server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -55,10 +32,9 @@ def moto_server():
     stop(proc)
 
 
-def kinesis_client(endpoint_url, **kw):
+def kinesis_client(endpoint_url):
     import boto3
-    return boto3.client("kinesis", region_name=REGION, endpoint_url=endpoint_url,
-                        aws_access_key_id=kw.get("key", "testing"), aws_secret_access_key=kw.get("secret", "testing"))
+    return boto3.client("kinesis", region_name=REGION, endpoint_url=endpoint_url)
 
 
 @pytest.fixture
@@ -76,18 +52,9 @@ def kinesis_stream(moto_server):
 
 def read_stream(endpoint_url: str, stream: str):
     """Every record of every shard, in shard order: [(partition_key, data bytes), ...]."""
-    client = kinesis_client(endpoint_url)
-    out = []
-    for shard in client.list_shards(StreamName=stream)["Shards"]:
-        it = client.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"],
-                                       ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
-        while it:
-            page = client.get_records(ShardIterator=it, Limit=10000)
-            out.extend((r["PartitionKey"], r["Data"]) for r in page["Records"])
-            if not page["Records"]:
-                break
-            it = page.get("NextShardIterator")
-    return out
+    server = LocalKinesis(region=REGION)
+    server.url = endpoint_url
+    return server.read_stream(stream)
 
 
 @pytest.fixture

@@ -168,3 +168,11 @@ def test_streaming_from_kinesis_input_to_kinesis(tmp_path, moto_server, kinesis_
                "--stop_after_s", "1")
     assert proc.returncode == 0, proc.stderr
     assert sorted(k for k, _ in read_stream(moto_server, sink)) == sorted(f"p-{i}" for i in range(10))
+
+
+def test_local_demo_runs_end_to_end(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pipelines.demo", "--profiles", "500", "--out", str(tmp_path / "demo")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "backfill:" in proc.stdout and "streaming:" in proc.stdout and "aud-big-spenders   exited" in proc.stdout
+    assert "Local Kinesis endpoint stopped" in proc.stdout

@@ -353,7 +353,7 @@ class _KinesisWriteFn(beam.DoFn):
             self._latency.update(latency)
         if report.dead:
             self._dead_letter(report.dead)
-        if report.latencies:
+        if report.latencies and self._alerts is not None:
             self._check_latency(now_ms(), report.latencies)
 
     def _dead_letter(self, dead):
@@ -381,9 +381,10 @@ class _KinesisWriteFn(beam.DoFn):
 
 class KinesisWrite(beam.PTransform):
     """Writes ``ExportRecord`` (or ``(partition_key, data[, event_time_ms])``) elements to the
-    destination's stream. ``client_factory(destination)`` replaces boto3 in tests."""
+    destination's stream. ``client_factory(destination)`` replaces boto3 in tests;
+    ``alerts=None`` turns the latency alert off (replays of historic updates)."""
 
-    def __init__(self, destination: Destination, alerts: AlertSettings = AlertSettings(),
+    def __init__(self, destination: Destination, alerts: Optional[AlertSettings] = AlertSettings(),
                  client_factory=None, max_delay_ms: int = 200, max_buffered_records: int = 5000,
                  max_buffered_bytes: int = 16 * 1024 * 1024):
         super().__init__()
