@@ -1,0 +1,90 @@
+"""Backfill wall time vs DuckDB on the same snapshot (SPEC 8): goal 3x or less.
+
+``python -m bench.backfill_bench [--profiles N]``: a generated snapshot (deterministic seed,
+cached under bench/out/), three attribute audiences; the project's backfill to the file sink as
+a whole process, and DuckDB as a whole process running the same predicates and writing the
+same JSON records from the same file. Both outputs are checked to hold the same set of records
+(parsed JSON, absent values dropped). Prints one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import sys
+
+from bench.common import AUDIENCES, OUT, bench_config, cached_snapshot, emit, timed_process
+
+AS_OF = "2024-05-01T00:00:00Z"
+
+# The same three rules and record shape in SQL (ups entries null when not a member).
+DUCKDB_SCRIPT = r'''
+import duckdb, sys
+src, out = sys.argv[1], sys.argv[2]
+def lqt(aud):
+    return (f"coalesce(nullif(regexp_extract(segmentMembership, '\"{aud}\"\\s*:\\s*\\{{[^{{}}]*\"lastQualificationTime\"\\s*:\\s*\"([^\"]+)\"', 1), ''), "
+            "strftime(timestamp AT TIME ZONE 'UTC', '%Y-%m-%dT%H:%M:%SZ'))")
+rules = {
+  "aud-delorean": "(vehicle.make = 'DeLorean' AND person.birthDate < DATE '1990-01-01')",
+  "aud-gold": "(loyalty.tier IN ('gold', 'platinum') AND loyalty.points >= 5000)",
+  "aud-johns": "(starts_with(person.name.firstName, 'J') AND personalEmail.address IS NOT NULL)",
+}
+ups = ", ".join(f"'{a}', CASE WHEN coalesce({r}, false) THEN json_object('lastQualificationTime', {lqt(a)}, 'status', 'realized') END"
+                for a, r in rules.items())
+where = " OR ".join(f"coalesce({r}, false)" for r in rules.values())
+duckdb.sql(f"""
+COPY (SELECT profileId AS partitionKey,
+  json_object('person', json_object('name', json_object('firstName', person.name.firstName, 'lastName', person.name.lastName),
+                                    'birthDate', strftime(person.birthDate, '%Y-%m-%d')),
+              'personalEmail', json_object('address', personalEmail.address),
+              'segmentMembership', json_object('ups', json_object({ups})),
+              'identityMap', to_json(identityMap)) AS data
+FROM read_parquet('{src}') WHERE {where}) TO '{out}' (FORMAT JSON)
+""")
+'''
+
+
+def _normal(value):
+    if isinstance(value, dict):
+        out = {k: _normal(v) for k, v in value.items() if v is not None}
+        return {k: v for k, v in out.items() if v != {}}
+    if isinstance(value, list):
+        return [_normal(v) for v in value]
+    return value
+
+
+def record_set(lines):
+    return {json.dumps(_normal(json.loads(l)), sort_keys=True) for l in lines if l.strip()}
+
+
+def run(profiles: int) -> dict:
+    snapshot = cached_snapshot(profiles)
+    work = os.path.join(OUT, "backfill")
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    config = bench_config(os.path.join(work, "config.yaml"))
+    ours_dir = os.path.join(work, "ours")
+    ours_s, ours_mb, _ = timed_process([sys.executable, "-m", "pipelines.backfill", "--config", config,
+                                        "--snapshot", snapshot, "--as_of", AS_OF, "--output", ours_dir])
+    duck_out = os.path.join(work, "duckdb.jsonl")
+    duck_s, duck_mb, _ = timed_process([sys.executable, "-c", DUCKDB_SCRIPT, snapshot, duck_out])
+    ours = record_set(l for f in glob.glob(os.path.join(ours_dir, "records-*.jsonl")) for l in open(f))
+    theirs = record_set(open(duck_out))
+    return emit({"benchmark": "backfill", "profiles": profiles, "audiences": len(AUDIENCES), "records": len(ours),
+                 "wall_s": round(ours_s, 2), "duckdb_wall_s": round(duck_s, 2), "ratio": round(ours_s / duck_s, 2),
+                 "goal": "<= 3", "profiles_per_s": round(profiles / ours_s), "peak_rss_mb": ours_mb,
+                 "duckdb_peak_rss_mb": duck_mb, "same_records": ours == theirs,
+                 "only_ours": len(ours - theirs), "only_duckdb": len(theirs - ours)})
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profiles", type=int, default=1_000_000)
+    run(parser.parse_args(argv).profiles)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
