@@ -108,6 +108,7 @@ def compare(url: str, n: int, repeat: int, endpoint: str) -> dict:
     recs = records(n)
     bodies = raw_bodies(recs)
     best = {"sink": (1e9, 1e9), "raw": (1e9, 1e9)}
+    send_sink(url, recs[:2000])  # warm-up: botocore loads its models on the first requests
     for _ in range(repeat):  # alternate, best of each: the machine is shared
         sink = measure(lambda: send_sink(url, recs))
         raw = measure(lambda: send_raw(url, bodies))
