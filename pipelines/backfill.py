@@ -22,7 +22,7 @@ from transforms.backfill import ExportSnapshot
 from transforms.config import ExportConfig
 from transforms.errors import UserError
 from transforms.snapshot import match_files
-from transforms.timeutil import format_iso_ms, now_ms
+from transforms.timeutil import now_ms
 
 
 class BackfillOptions(PipelineOptions):
@@ -55,34 +55,42 @@ def select_audiences(config: ExportConfig, requested: Optional[str], has_events:
     return selected, skipped
 
 
-def run(argv: Sequence[str]) -> int:
-    options = PipelineOptions(argv)
+def build(pipeline: beam.Pipeline, config: ExportConfig, options: PipelineOptions) -> List[str]:
+    """Wire the backfill; returns the selected audiences. User errors are raised here, before
+    anything runs."""
     opts = options.view_as(BackfillOptions)
     output = options.view_as(ExportJobOptions).output
-    snapshot = require(opts.snapshot, "--snapshot")
-    config = load_job_config(options)
     as_of_ms = parse_time_option(opts.as_of, "--as_of") or now_ms()
     selected, skipped = select_audiences(config, opts.audiences, bool(opts.events))
-    paths = match_files(snapshot)
+    paths = match_files(require(opts.snapshot, "--snapshot"))
     if opts.events:
         match_files(opts.events, "--events")
     check_output(config, output)
     if skipped:
         print(f"backfill: skipping audiences whose rules need events (give --events): {', '.join(skipped)}",
               file=sys.stderr)
-    default_runner(options, "DirectRunner")
-    pipeline = beam.Pipeline(options=options)
     records = pipeline | "ExportSnapshot" >> ExportSnapshot(
         config, paths, selected, as_of_ms, opts.events, as_lines=output != KINESIS, batch_size=opts.batch_size)
     write_output(records, config, output, live=False)
+    return selected
+
+
+def run(argv: Sequence[str]) -> int:
+    options = PipelineOptions(argv)
+    require(options.view_as(BackfillOptions).snapshot, "--snapshot")
+    config = load_job_config(options)
+    default_runner(options, "DirectRunner")
+    pipeline = beam.Pipeline(options=options)
+    selected = build(pipeline, config, options)
     result = pipeline.run()
     result.wait_until_finish()
+    as_of = options.view_as(BackfillOptions).as_of
     profiles = metric_total(result, "profiles", "backfill")
     per_audience = ", ".join(f"{a}: {metric_total(result, 'members_' + a, 'backfill')}" for a in selected)
     per_policy = ", ".join(f"{p.id}: {metric_total(result, 'records_' + p.id, 'backfill')}"
                            for p in config.merge_policies)
     dead = metric_total(result, "records_dead_lettered")
-    print(f"backfill as of {format_iso_ms(as_of_ms)}: {profiles} profiles read; members {per_audience}; "
+    print(f"backfill as of {as_of or 'now'}: {profiles} profiles read; members {per_audience}; "
           f"records {per_policy}; {dead} records dead-lettered", file=sys.stderr)
     return 0
 
