@@ -1,6 +1,7 @@
 """What the benchmarks share: the bench config, a cached snapshot, whole-process timing."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -69,3 +70,56 @@ def machine() -> dict:
 def emit(result: dict) -> dict:
     print(json.dumps(result), flush=True)
     return result
+
+
+# A local Kinesis endpoint that acknowledges every record (so it is not what a benchmark
+# measures). With a log path it also notes, per record, its arrival minus the record's
+# ``bench.sentAt`` (ms): the end-to-end latency.
+NULL_ENDPOINT = r'''
+import base64, json, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+log = open(sys.argv[1], "w") if len(sys.argv) > 1 else None
+cache = {}
+def ack(n):
+    if n not in cache:
+        cache[n] = json.dumps({"FailedRecordCount": 0, "Records": [
+            {"SequenceNumber": "49590338271490256608559692538361571095921575989136588898", "ShardId": "shardId-000000000000"}] * n}).encode()
+    return cache[n]
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    def log_message(self, *a): pass
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.headers.get("X-Amz-Target", "").endswith("ListStreams"):
+            data = json.dumps({"StreamNames": ["bench"], "HasMoreStreams": False}).encode()
+        else:
+            if log:
+                now = time.time() * 1000
+                for r in json.loads(body)["Records"]:
+                    log.write(f"{now - json.loads(base64.b64decode(r['Data']))['bench']['sentAt']:.1f}\n")
+                log.flush()
+            data = ack(body.count(b'"PartitionKey"'))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-amz-json-1.1")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+'''
+
+
+@contextlib.contextmanager
+def null_endpoint(latency_log: str = None):
+    """The endpoint above in its own process; yields its URL and stops it."""
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+    args = [sys.executable, "-c", NULL_ENDPOINT] + ([latency_log] if latency_log else [])
+    server = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    try:
+        yield f"http://127.0.0.1:{server.stdout.readline().strip()}"
+    finally:
+        server.terminate()
+        server.wait(10)

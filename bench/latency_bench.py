@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,37 +20,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_stream import TestStream
 
-from bench.common import emit
-
-RECORDING_ENDPOINT = r'''
-import base64, json, sys, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-log = open(sys.argv[1], "w")
-class H(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    def log_message(self, *a): pass
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if self.headers.get("X-Amz-Target", "").endswith("ListStreams"):
-            data = {"StreamNames": ["bench"], "HasMoreStreams": False}
-        else:
-            now = time.time() * 1000
-            for r in body["Records"]:
-                sent = json.loads(base64.b64decode(r["Data"]))["bench"]["sentAt"]
-                log.write(f"{now - sent:.1f}\n")
-            log.flush()
-            data = {"FailedRecordCount": 0, "Records": [{"SequenceNumber": "1", "ShardId": "shardId-000000000000"}] * len(body["Records"])}
-        out = json.dumps(data).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-print(server.server_address[1], flush=True)
-server.serve_forever()
-'''
-
+from bench.common import emit, null_endpoint
 
 class Pace(beam.DoFn):
     """Releases ticket i at start + i / rate and stamps its update with the wall clock."""
@@ -90,26 +59,21 @@ def percentile(values, q):
 def run(rate: float, seconds: float, bundle: int = 50) -> dict:
     from transforms.export import ExportProfileChanges
     from transforms.kinesis import KinesisWrite
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
     log = tempfile.NamedTemporaryFile(suffix=".log", delete=False).name
-    server = subprocess.Popen([sys.executable, "-c", RECORDING_ENDPOINT, log], stdout=subprocess.PIPE, text=True)
     try:
-        url = f"http://127.0.0.1:{server.stdout.readline().strip()}"
-        cfg = config(url)
-        n = int(rate * seconds)
-        stream = TestStream()
-        for start in range(0, n, bundle):
-            stream = stream.add_elements(list(range(start, min(n, start + bundle))))
-        stream = stream.advance_watermark_to_infinity()
-        options = PipelineOptions(["--runner=BundleBasedDirectRunner", "--streaming"])
-        with beam.Pipeline(options=options) as p:
-            _ = (p | stream | "Pace" >> beam.ParDo(Pace(rate, max(1, n // 4)))
-                 | ExportProfileChanges(cfg) | KinesisWrite(cfg.destination, alerts=None, max_delay_ms=100))
+        with null_endpoint(latency_log=log) as url:
+            cfg = config(url)
+            n = int(rate * seconds)
+            stream = TestStream()
+            for start in range(0, n, bundle):
+                stream = stream.add_elements(list(range(start, min(n, start + bundle))))
+            stream = stream.advance_watermark_to_infinity()
+            options = PipelineOptions(["--runner=BundleBasedDirectRunner", "--streaming"])
+            with beam.Pipeline(options=options) as p:
+                _ = (p | stream | "Pace" >> beam.ParDo(Pace(rate, max(1, n // 4)))
+                     | ExportProfileChanges(cfg) | KinesisWrite(cfg.destination, alerts=None, max_delay_ms=100))
         latencies = [float(line) for line in open(log)]
     finally:
-        server.terminate()
-        server.wait(10)
         os.unlink(log)
     return emit({"benchmark": "latency", "offered_rate_per_s": rate, "updates": n, "records": len(latencies),
                  "p50_ms": percentile(latencies, 0.50), "p95_ms": percentile(latencies, 0.95),

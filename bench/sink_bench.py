@@ -13,44 +13,12 @@ import argparse
 import base64
 import http.client
 import json
-import os
 import socket
-import subprocess
 import sys
 import time
 from urllib.parse import urlparse
 
-from bench.common import emit
-
-ENDPOINT_SERVER = r'''
-import json, sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-cache = {}
-def ack(n):
-    if n not in cache:
-        cache[n] = json.dumps({"FailedRecordCount": 0, "Records": [
-            {"SequenceNumber": "49590338271490256608559692538361571095921575989136588898", "ShardId": "shardId-000000000000"}] * n}).encode()
-    return cache[n]
-class H(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    def log_message(self, *a): pass
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        if self.headers.get("X-Amz-Target", "").endswith("ListStreams"):
-            data = json.dumps({"StreamNames": ["bench"], "HasMoreStreams": False}).encode()
-        else:
-            data = ack(body.count(b'"PartitionKey"'))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-amz-json-1.1")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-print(server.server_address[1], flush=True)
-server.serve_forever()
-'''
-
+from bench.common import emit, null_endpoint
 
 def records(n: int):
     payload = json.dumps({"person": {"name": {"firstName": "John", "lastName": "Doe"}, "birthDate": "1985-10-26"},
@@ -122,14 +90,8 @@ def compare(url: str, n: int, repeat: int, endpoint: str) -> dict:
 
 
 def run(n: int, repeat: int = 3) -> dict:
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
-    server = subprocess.Popen([sys.executable, "-c", ENDPOINT_SERVER], stdout=subprocess.PIPE, text=True)
-    try:
-        return compare(f"http://127.0.0.1:{server.stdout.readline().strip()}", n, repeat, "null")
-    finally:
-        server.terminate()
-        server.wait(10)
+    with null_endpoint() as url:
+        return compare(url, n, repeat, "null")
 
 
 def main(argv=None) -> int:
