@@ -6,7 +6,7 @@ few seconds.
 from __future__ import annotations
 
 import json
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, List
 
 import numpy as np
 import pyarrow as pa

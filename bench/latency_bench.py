@@ -10,7 +10,6 @@ the update time, and the endpoint's acknowledgement time minus it is the latency
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile

@@ -90,12 +90,11 @@ def cli_main(run: Callable[[Sequence[str]], int], argv: Optional[Sequence[str]] 
     """Run a job; a user error (bad config, unreadable input, missing stream or permission)
     becomes one line on stderr and a non-zero exit, never a traceback."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    prog = sys.argv[0].rsplit("/", 1)[-1] if argv is None else "job"
     try:
         return run(sys.argv[1:] if argv is None else list(argv))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+        print("interrupted", file=sys.stderr)
         return 130

@@ -69,7 +69,7 @@ def test_backfill_to_kinesis(tmp_path, snapshot, moto_server, kinesis_stream):
                "--as_of", "2024-05-01T00:00:00Z")
     assert proc.returncode == 0, proc.stderr
     got = read_stream(moto_server, stream)
-    files = run("pipelines.backfill", "--config", config, "--snapshot", snapshot, "--audiences", "aud-delorean",
+    run("pipelines.backfill", "--config", config, "--snapshot", snapshot, "--audiences", "aud-delorean",
                 "--as_of", "2024-05-01T00:00:00Z", "--output", str(tmp_path / "out"))
     assert sorted(k for k, _ in got) == sorted(r["partitionKey"] for r in records_in(tmp_path / "out"))
 

@@ -1,5 +1,4 @@
 """Config loading and validation (SPEC 3): every error kind, all at once, secrets never shown."""
-import copy
 import logging
 
 import pytest

@@ -1,7 +1,6 @@
 """Production readiness (issue 9): both jobs build for Flink and Dataflow, every transform's
 payload survives Beam's pickler, multi-process runs give the same records, and the deployment
 files and the guide's commands match the code."""
-import glob
 import json
 import os
 import re
@@ -9,13 +8,12 @@ import shlex
 
 import apache_beam as beam
 import pytest
-import yaml
 from apache_beam.internal import pickler
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from bench.datagen import write_snapshot
 from pipelines import backfill, replay, streaming  # noqa: F401 (replay: its options count as known)
-from tests.test_cli_e2e import T0, records_in, run, updates_file, write_config
+from tests.test_cli_e2e import records_in, run, updates_file, write_config
 from transforms.config import load_config
 
 RUNNER_OPTIONS = {

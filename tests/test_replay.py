@@ -7,7 +7,6 @@ import yaml
 
 from pipelines import replay
 from tests.conftest import read_stream
-from transforms.config import load_config
 
 
 def write_config(tmp_path, endpoint, stream):

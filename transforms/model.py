@@ -5,7 +5,7 @@ default coders without registration.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Mapping, NamedTuple, Optional, Tuple
 
 
 class ProfileUpdate(NamedTuple):
