@@ -1,11 +1,14 @@
 """``python -m pipelines.replay --config CONFIG --dead_letter PATH``: send dead-lettered records
-again (SPEC 7), through the sink's own batching, ordering and retry code.
+again (SPEC 7), through the sink's own batching, ordering and retry code (``RecordSender``).
 
-For each file under ``<PATH>/records/``: its records are sent; those that fail again are written
-to a new dead-letter file; then the file is moved to ``records/replayed/``, so what was delivered
-is not sent again by a later replay. A crash between sending and moving re-sends that one file on
-the next replay (at least once, never silently lost). A plain Python loop: one process sending
-sequentially is what keeps per-key order across replays, and dead letters are small.
+Files under ``<PATH>/records/`` are taken oldest first, each read as a stream (at most
+``FLUSH_EVERY`` records held). What fails again goes to a new dead-letter file there; then the
+file is moved to ``records/replayed/``, so what was delivered is not sent again by a later
+replay. Crash safety: a crash before the move sends that one file again on the next replay
+(delivered records twice, at least once; never lost), and a crash before the new file is renamed
+into place leaves only a hidden ``.tmp`` behind. A plain Python loop, not a Beam pipeline: one
+process sending in order is what keeps per-key order across a replay, and dead letters are
+small. Beam options on the command line are accepted and ignored.
 """
 from __future__ import annotations
 
@@ -19,7 +22,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.common import cli_main, load_job_config, require
 from transforms.dead_letter import BundleFileWriter
-from transforms.kinesis import RecordSender, check_stream, dead_letter_line, make_client
+from transforms.kinesis import RecordSender, check_stream, dead_letter_line, encode_data, make_client
+
+FLUSH_EVERY = 5000
 
 
 class ReplayOptions(PipelineOptions):
@@ -32,7 +37,7 @@ def _record(doc: dict):
     data = doc["data"]
     if doc.get("dataEncoding") == "base64":
         return doc["partitionKey"], base64.b64decode(data)
-    return doc["partitionKey"], json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return doc["partitionKey"], encode_data(data)
 
 
 def replay(config, root: str, client=None) -> dict:
@@ -40,14 +45,22 @@ def replay(config, root: str, client=None) -> dict:
     client = client or make_client(dest)
     check_stream(dest, client)
     records_dir = FileSystems.join(root, "records")
-    files = [m.path for m in FileSystems.match([FileSystems.join(records_dir, "*.jsonl")])[0].metadata_list]
-    totals = {"files": 0, "sent": 0, "failed": 0, "unreadable": 0}
     replayed_dir = FileSystems.join(records_dir, "replayed")
-    for path in sorted(files):
-        sender = RecordSender(client, dest.stream, dest.retry)
+    found = FileSystems.match([FileSystems.join(records_dir, "*.jsonl")])[0].metadata_list
+    totals = {"files": 0, "sent": 0, "failed": 0, "unreadable": 0}
+    sender = RecordSender(client, dest.stream, dest.retry)
+
+    def flush(still_failing: BundleFileWriter) -> None:
+        report = sender.flush()
+        for failed in report.dead:
+            still_failing.write(dead_letter_line(failed, dest.stream))
+        totals["sent"] += report.sent
+        totals["failed"] += len(report.dead)
+
+    for meta in sorted(found, key=lambda m: (m.last_updated_in_seconds, m.path)):
         still_failing = BundleFileWriter(records_dir, "records-replay")
-        with FileSystems.open(path) as f:
-            for n, line in enumerate(f, 1):
+        with FileSystems.open(meta.path) as f:
+            for line in f:
                 if not line.strip():
                     continue
                 try:
@@ -58,18 +71,16 @@ def replay(config, root: str, client=None) -> dict:
                     continue
                 oversize = sender.add(key, data)
                 if oversize is not None:
-                    still_failing.write(dead_letter_line(oversize, "RecordTooLarge", "over 1 MiB with its key", dest.stream))
+                    still_failing.write(dead_letter_line(oversize, dest.stream))
                     totals["failed"] += 1
-        report = sender.flush()
-        for record, code, message in report.dead:
-            still_failing.write(dead_letter_line(record, code, message, dest.stream))
+                if len(sender.pending) >= FLUSH_EVERY:
+                    flush(still_failing)
+        flush(still_failing)
         still_failing.close()
         if not FileSystems.exists(replayed_dir):
             FileSystems.mkdirs(replayed_dir)
-        FileSystems.rename([path], [FileSystems.join(replayed_dir, path.rsplit("/", 1)[-1])])
+        FileSystems.rename([meta.path], [FileSystems.join(replayed_dir, meta.path.rsplit("/", 1)[-1])])
         totals["files"] += 1
-        totals["sent"] += report.sent
-        totals["failed"] += len(report.dead)
     return totals
 
 

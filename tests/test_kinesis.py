@@ -1,18 +1,18 @@
 """KinesisWrite against a moto server (and a fault proxy in front of it)."""
 from __future__ import annotations
 
+import base64
 import glob
 import json
-import os
 
 import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from tests.conftest import read_stream
-from transforms.config import Credentials, Destination, RetrySettings, Secret
-from transforms.kinesis import (MAX_RECORD_BYTES, KinesisSetupError, KinesisWrite, RecordSender,
-                                check_stream, make_client)
+from transforms.config import AlertSettings, Destination, RetrySettings
+from transforms.kinesis import (MAX_RECORD_BYTES, FailedRecord, KinesisSetupError, KinesisWrite, LatencyWindow,
+                                RecordSender, _KinesisWriteFn, check_stream, dead_letter_line, make_client)
 from transforms.model import ExportRecord
 from transforms.timeutil import now_ms
 
@@ -124,8 +124,8 @@ def test_request_faults(moto_server, kinesis_stream, tmp_path, fault_proxy, faul
     assert (report.sent == 1) is delivered
     assert len(fault_proxy.put_requests) == attempts
     if not delivered:
-        [(record, code, _)] = report.dead
-        assert code == fault[2] and record.attempts == 1
+        [failed] = report.dead
+        assert (failed.error_code, failed.attempts) == (fault[2], 1)
 
 
 def test_throttling_shrinks_requests_and_recovers(moto_server, kinesis_stream, tmp_path, fault_proxy):
@@ -152,12 +152,42 @@ def test_pipeline_metrics(moto_server, kinesis_stream, tmp_path):
     assert dists["export_latency_ms"].count == 20
 
 
-def test_latency_alert(tmp_path, caplog):
-    from transforms.config import AlertSettings
-    from transforms.kinesis import _KinesisWriteFn
+def test_latency_window_p95_is_exact_and_forgets_after_a_minute():
+    window = LatencyWindow(limit_ms=1000)
+    window.add(10_000, [500] * 95 + [2000] * 5)            # exactly 5 % over: p95 is 500
+    assert window.p95_over_limit() is None
+    window.add(10_500, [3000])                              # 6 of 101 over: p95 is 2000
+    assert window.p95_over_limit() == 2000
+    window.add(71_000, [10] * 10)                           # the first second has left the window
+    assert window.p95_over_limit() is None and len(window.slots) == 1
+
+
+def test_latency_alert_once_a_minute(tmp_path, caplog):
     fn = _KinesisWriteFn(Destination("t", "r", "s", str(tmp_path)), AlertSettings(1.0), None, 200, 10, 10)
-    from transforms.kinesis import LatencyWindow
-    fn._window, fn._last_latency_alert = LatencyWindow(), 0
+    fn._window, fn._last_latency_alert = LatencyWindow(1000), -60_000
     fn._check_latency(100_000, [500] * 90 + [5000] * 10)
-    assert "ALERT export_latency" in caplog.text
+    fn._check_latency(101_000, [5000] * 10)
+    assert caplog.text.count("ALERT export_latency") == 1
     assert json.loads(open(tmp_path / "alerts.jsonl").readline())["p95_ms"] == 5000
+
+
+def test_check_stream_pages_through_list_streams(tmp_path):
+    class Pages:
+        calls = []
+
+        def list_streams(self, **kwargs):
+            self.calls.append(kwargs)
+            if not kwargs:
+                return {"StreamNames": ["a", "b"], "HasMoreStreams": True, "NextToken": "t1"}
+            return {"StreamNames": ["c", "mine"], "HasMoreStreams": False}
+    check_stream(destination(None, "mine", tmp_path), Pages())
+    assert Pages.calls == [{}, {"NextToken": "t1"}]
+    with pytest.raises(KinesisSetupError, match="'other' in us-east-2 does not exist"):
+        check_stream(destination(None, "other", tmp_path), Pages())
+
+
+def test_dead_letter_keeps_exact_bytes():
+    exact = dead_letter_line(FailedRecord("k", '{"é":1}'.encode(), "X", "m", 1, 0, 1), "s")
+    assert json.loads(exact)["data"] == {"é": 1} and "dataEncoding" not in json.loads(exact)
+    spaced = json.loads(dead_letter_line(FailedRecord("k", b'{"a": 1}', "X", "m", 1, 0, 1), "s"))
+    assert spaced["dataEncoding"] == "base64" and base64.b64decode(spaced["data"]) == b'{"a": 1}'
