@@ -1,6 +1,7 @@
 """A local HTTP proxy in front of moto that injects Kinesis faults, driven by the test.
 
-``proxy.plan`` is a list of actions, one consumed per PutRecords request (others pass):
+``proxy.plan`` is a list of actions, one consumed per PutRecords request with records (others
+pass):
 ``("fail", {index: code})`` fails chosen records (they are not forwarded; their entries in the
 response carry the error code), ``("status", 500, code)`` answers an error without forwarding,
 ``"drop"`` closes the connection without an answer, ``"pass"`` forwards untouched.
@@ -31,8 +32,9 @@ class FaultProxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 target = self.headers.get("X-Amz-Target", "")
                 action = "pass"
-                if target.endswith(".PutRecords"):
-                    proxy.put_requests.append([r["PartitionKey"] for r in json.loads(body)["Records"]])
+                keys = [r["PartitionKey"] for r in json.loads(body)["Records"]] if target.endswith(".PutRecords") else []
+                if keys:  # the sink's start-up probe (no records) passes untouched
+                    proxy.put_requests.append(keys)
                     action = proxy.plan.pop(0) if proxy.plan else "pass"
                 if action == "drop":
                     self.close_connection = True

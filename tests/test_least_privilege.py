@@ -61,13 +61,14 @@ def test_seed_policy_user_runs_a_full_export(iam_moto, tmp_path):
     assert len(reader.get_records(ShardIterator=it, Limit=1000)["Records"]) == 50
 
 
-def test_user_without_put_records_dead_letters_with_alert(iam_moto, tmp_path):
+def test_user_without_put_records_gets_the_setup_error(iam_moto, tmp_path):
     url, users = iam_moto
-    with beam.Pipeline(options=PipelineOptions(["--runner=BundleBasedDirectRunner"])) as p:
-        _ = p | beam.Create([ExportRecord("p-1", b'{"a":1}', None)]) | KinesisWrite(dest(url, users, "no-put", tmp_path))
-    [line] = [json.loads(l) for f in glob.glob(str(tmp_path / "records" / "*.jsonl")) for l in open(f)]
-    assert line["errorCode"].startswith("AccessDenied") and line["attempts"] == 1
-    assert json.loads(open(tmp_path / "alerts.jsonl").readline())["kind"] == "stream_rejected_configuration"
+    with pytest.raises(KinesisSetupError, match=r"^stream 'exports' in us-east-2: permission kinesis:PutRecords is missing"):
+        check_stream(dest(url, users, "no-put", tmp_path))
+    with pytest.raises(Exception, match="permission kinesis:PutRecords is missing"):
+        with beam.Pipeline(options=PipelineOptions(["--runner=BundleBasedDirectRunner"])) as p:
+            _ = p | beam.Create([ExportRecord("p-1", b'{"a":1}', None)]) | KinesisWrite(dest(url, users, "no-put", tmp_path))
+    assert not glob.glob(str(tmp_path / "records" / "*.jsonl"))
 
 
 def test_unknown_credentials_fail_before_any_data_moves(iam_moto, tmp_path):

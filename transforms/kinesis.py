@@ -2,8 +2,10 @@
 
 What it does that the usual sinks (Beam's Java KinesisIO, Flink's KinesisStreamsSink, the KPL)
 don't all do:
-- needs only ``kinesis:ListStreams`` (the start-up check) and ``PutRecords``: nothing else is
-  ever called, so the seeds' three-action IAM policy suffices;
+- needs only ``kinesis:ListStreams`` and ``PutRecords``: nothing else is ever called, so the
+  seeds' three-action IAM policy suffices; ``check_stream`` finds a missing stream, permission
+  or bad credentials before any data moves (the pipelines call it before they build the job,
+  the DoFn again in ``setup``);
 - batches by the real service limits: 500 records and 5 MiB per request *counting partition
   keys*, 1 MiB per record counting its key; an oversize record is dead-lettered as
   ``RecordTooLarge``, never sent;
@@ -122,35 +124,52 @@ def _split_error(code: str, message: str) -> Tuple[str, str]:
 
 
 def check_stream(destination: Destination, client=None) -> None:
-    """ListStreams (only, paginated) to check the stream exists and the credentials reach it.
+    """Before any data moves: ListStreams (paginated) finds the stream, then an empty
+    PutRecords (no record in it) shows whether kinesis:PutRecords is allowed.
 
-    Raises ``KinesisSetupError`` with one line naming the problem."""
+    Raises ``KinesisSetupError`` with one line naming the problem. AWS may answer the empty
+    request with a validation error instead of a permission error; then nothing is learnt, and a
+    missing permission shows on the first real request (records dead-lettered, with an ALERT)."""
     from botocore.exceptions import BotoCoreError, ClientError
     where = f"stream {destination.stream!r} in {destination.region}"
-    names: List[str] = []
-    kwargs: Dict[str, str] = {}
     try:
         client = client or make_client(destination)
-        while True:
-            page = client.list_streams(**kwargs)
-            names.extend(page.get("StreamNames", ()))
-            if destination.stream in names or not page.get("HasMoreStreams") or not names:
-                break
-            kwargs = ({"NextToken": page["NextToken"]} if page.get("NextToken")
-                      else {"ExclusiveStartStreamName": names[-1]})
+        if not _stream_listed(client, destination.stream):
+            raise KinesisSetupError(f"{where} does not exist (or is not visible to these credentials)")
+        status, body = PutRecordsRequest(client, destination.stream)(())
     except ClientError as e:
         err = e.response.get("Error", {})
         code, message = _split_error(err.get("Code") or "ClientError", err.get("Message") or str(e))
         status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if code in CREDENTIAL_ERRORS:
-            raise KinesisSetupError(f"{where}: credentials rejected ({code})") from None
-        if "AccessDenied" in code or status == 403:
-            raise KinesisSetupError(f"{where}: permission kinesis:ListStreams is missing ({code})") from None
-        raise KinesisSetupError(f"{where}: ListStreams failed: {code}: {message}") from None
+        raise KinesisSetupError(_setup_problem(where, "ListStreams", code, message, status)) from None
     except (BotoCoreError, ValueError) as e:  # no credentials, bad region name, endpoint unreachable
         raise KinesisSetupError(f"{where}: {e}") from None
-    if destination.stream not in names:
-        raise KinesisSetupError(f"{where} does not exist (or is not visible to these credentials)")
+    if status != 200:
+        code, message = _response_error(status, body)
+        if status == 403 or code in CREDENTIAL_ERRORS or code.startswith(("AccessDenied", "KMS", "ResourceNotFound")):
+            raise KinesisSetupError(_setup_problem(where, "PutRecords", code, message, status))
+
+
+def _stream_listed(client, stream: str) -> bool:
+    names: List[str] = []
+    kwargs: Dict[str, str] = {}
+    while True:
+        page = client.list_streams(**kwargs)
+        names.extend(page.get("StreamNames", ()))
+        if stream in names or not page.get("HasMoreStreams") or not names:
+            return stream in names
+        kwargs = ({"NextToken": page["NextToken"]} if page.get("NextToken")
+                  else {"ExclusiveStartStreamName": names[-1]})
+
+
+def _setup_problem(where: str, action: str, code: str, message: str, status: Optional[int]) -> str:
+    if code in CREDENTIAL_ERRORS:
+        return f"{where}: credentials rejected ({code})"
+    if code.startswith("AccessDenied") or status == 403:
+        return f"{where}: permission kinesis:{action} is missing ({code})"
+    if code.startswith("ResourceNotFound"):
+        return f"{where} does not exist ({code})"
+    return f"{where}: {action} failed: {code}: {message}"
 
 
 class PutRecordsRequest:
