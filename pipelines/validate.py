@@ -1,7 +1,8 @@
 """``python -m pipelines.validate --config C``: check a config before anything runs.
 
-Prints one line and exits 0 when valid; otherwise prints how many errors, then one line per
-error (each with its field path) on stderr and exits 2.
+Prints one line and exits 0 when valid. Otherwise exits 2 and writes to stderr either one line
+(the file cannot be read or parsed) or how many errors, then one line per error with its field
+path, so every problem is fixed in one round.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from transforms.config import ConfigError, load_config
+from transforms.config import ConfigError, ConfigFileError, load_config
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -18,6 +19,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
+    except ConfigFileError as e:
+        print(e, file=sys.stderr)
+        return 2
     except ConfigError as e:
         print(f"{args.config}: invalid config: {len(e.errors)} error(s)", file=sys.stderr)
         for error in e.errors:

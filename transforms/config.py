@@ -3,6 +3,22 @@
 The loader (``load_config``) and its validation live below the types. Every object here is a
 frozen dataclass so a config can be captured by DoFns, pickled to workers and shared safely.
 Times are epoch milliseconds (UTC) because that is what export records carry.
+
+Loader decisions (SPEC 3 leaves them open):
+
+- Every problem is collected and raised at once in one ``ConfigError`` (``field.path: message``,
+  list indexes from 0), so a user fixes a config in one round. Rule syntax, ``inSegment``
+  references and upload files are checked by ``transforms.audiences.check_audiences``.
+- Exactly one merge policy carries ``default: true``; a config with a single policy may leave the
+  flag out (that policy is the default). Audiences without ``merge_policy`` get the default's id.
+  When the default cannot be determined (an error), the first policy stands in for it so that
+  one mistake is not reported again for every audience.
+- ``${NAME}`` is expanded in every string value; numbers (``max_retries: ${RETRIES}``) and
+  timestamps may come from the environment too. Values under ``credentials`` become ``Secret``
+  and are never echoed: messages name only the field and the type.
+- Timestamps are ISO-8601 text, YAML timestamps or epoch milliseconds. A mapped audience may be
+  a bare id instead of ``{id: ...}``.
+- A file that cannot be read or parsed raises ``ConfigFileError``: one line, no field errors.
 """
 from __future__ import annotations
 
@@ -159,10 +175,13 @@ class ConfigError(UserError, ValueError):
         super().__init__(where + "; ".join(self.errors))
 
 
+class ConfigFileError(ConfigError):
+    """The file could not be read or is not YAML/JSON: a single message, no field paths."""
+
+
 # --------------------------------------------------------------------------- loading
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_SECRET_KEYS = frozenset({"access_key_id", "secret_access_key", "session_token"})
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
 MERGE_POLICY_TYPES = ("timestamp_ordered", "dataset_precedence")
 
@@ -188,6 +207,8 @@ class _Reader:
         for key in required:
             if value.get(key) is None:
                 self.error(_join(path, key), "required field missing")
+            elif isinstance(value[key], str) and not value[key].strip():
+                self.error(_join(path, key), "must not be empty")
         return value
 
     def text(self, obj: Optional[dict], key: str, path: str, default=None, secret=False):
@@ -245,6 +266,8 @@ class _Reader:
 
     def time_ms(self, obj, key, path) -> Optional[int]:
         value = None if obj is None else obj.get(key)
+        if isinstance(value, str):
+            value = self.expand(value, _join(path, key))
         if value is None:
             return None
         try:
@@ -253,12 +276,11 @@ class _Reader:
             self.error(_join(path, key), str(e))
             return None
 
-    def items(self, obj, key, path, required=False) -> List[Tuple[str, object]]:
+    def items(self, obj, key, path) -> List[Tuple[str, object]]:
+        """``(path, item)`` of a list field; absent is empty (required lists are checked by ``obj``)."""
         value = None if obj is None else obj.get(key)
         where = _join(path, key)
         if value is None:
-            if required:
-                self.error(where, "required field missing")
             return []
         if not isinstance(value, list):
             self.error(where, f"expected a list, got {_type_name(value)}")
@@ -306,21 +328,25 @@ def load_config(path: str, environ: Optional[TMapping[str, str]] = None) -> Expo
     try:
         text = _read_text(path)
     except Exception as e:  # any filesystem's "cannot open" becomes one line
-        raise ConfigError([f"cannot read config file: {getattr(e, 'strerror', None) or e}"], path) from None
+        raise ConfigFileError([f"cannot read config file: {getattr(e, 'strerror', None) or e}"], path) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError([f"not valid YAML or JSON{where}: {getattr(e, 'problem', None) or e}"], path) from None
+        raise ConfigFileError([f"not valid YAML or JSON{where}: {getattr(e, 'problem', None) or e}"], path) from None
     base_dir = path.rsplit("/", 1)[0] if _URL.match(path) else os.path.dirname(os.path.abspath(path))
     return config_from_dict(data, base_dir, os.environ if environ is None else environ, source=path)
 
 
 def config_from_dict(data, base_dir: str, environ: TMapping[str, str], source: Optional[str] = None) -> ExportConfig:
+    """Validate a parsed document; relative paths resolve against ``base_dir`` (the file's folder)."""
+    if not isinstance(data, dict):
+        raise ConfigError([f"config: expected an object with destination, mapping, merge_policies and audiences, "
+                           f"got {_type_name(data)}"], source)
     r = _Reader(environ)
     top = r.obj(data, "", ("destination", "mapping", "merge_policies", "audiences"),
-                ("alerts", "evaluation")) or {}
+                ("alerts", "evaluation"))
     destination = _destination(r, top.get("destination"), base_dir)
     alerts = r.obj(top.get("alerts", {}), "alerts", (), ("latency_p95_seconds",))
     evaluation = r.obj(top.get("evaluation", {}), "evaluation", (), ("max_events_per_profile",))
@@ -341,6 +367,8 @@ def config_from_dict(data, base_dir: str, environ: TMapping[str, str], source: O
 
 def _destination(r: _Reader, raw, base_dir: str) -> Optional[Destination]:
     path = "destination"
+    if raw is None:  # reported as a missing required field
+        return None
     d = r.obj(raw, path, ("name", "region", "stream"),
               ("description", "endpoint_url", "credentials", "include_segment_names",
                "include_segment_timestamps", "retry", "dead_letter"))
@@ -375,7 +403,9 @@ def _destination(r: _Reader, raw, base_dir: str) -> Optional[Destination]:
 
 def _merge_policies(r: _Reader, top) -> Tuple[MergePolicyConfig, ...]:
     policies, seen = [], set()
-    for where, raw in r.items(top, "merge_policies", "", required=True):
+    if top.get("merge_policies") == []:
+        r.error("merge_policies", "at least one merge policy is needed")
+    for where, raw in r.items(top, "merge_policies", ""):
         p = r.obj(raw, where, ("id", "type"), ("default", "datasets"))
         if p is None:
             continue
@@ -399,9 +429,10 @@ def _merge_policies(r: _Reader, top) -> Tuple[MergePolicyConfig, ...]:
 
 def _audiences(r: _Reader, top, policies, base_dir) -> Tuple[AudienceDefinition, ...]:
     policy_ids = {p.id for p in policies}
-    default = next((p.id for p in policies if p.default), None)
+    # without a single default (reported), the first policy stands in: see the module docstring
+    default = next((p.id for p in policies if p.default and p.id), None) or next((p.id for p in policies if p.id), None)
     audiences, seen = [], set()
-    for where, raw in r.items(top, "audiences", "", required=True):
+    for where, raw in r.items(top, "audiences", ""):
         a = r.obj(raw, where, ("id", "name"), ("description", "created_at", "updated_at",
                                                "merge_policy", "rule", "upload"))
         if a is None:
@@ -431,7 +462,7 @@ def _audiences(r: _Reader, top, policies, base_dir) -> Tuple[AudienceDefinition,
 
 
 def _mapping(r: _Reader, raw, audiences) -> Mapping:
-    m = r.obj(raw, "mapping", (), ("attributes", "audiences"))
+    m = None if raw is None else r.obj(raw, "mapping", (), ("attributes", "audiences"))
     defined = {a.id for a in audiences}
     mapped, seen = [], set()
     for where, item in r.items(m, "audiences", "mapping"):
