@@ -41,17 +41,20 @@ def test_in_segment_dependencies_come_first():
     assert auds.evaluate({"mp-a": {"n": 0}, "mp-b": {"x": 1}}, {}, [], NOW) == frozenset({"x"})
 
 
-@pytest.mark.parametrize("audiences, error", [
-    ((audience("a", 'inSegment("b")'), audience("b", 'inSegment("a")')), "inSegment cycle: a -> b -> a"),
-    ((audience("a", 'inSegment("a")'),), "inSegment cycle: a -> a"),
+@pytest.mark.parametrize("audiences, error, config_error", [
+    ((audience("a", 'inSegment("b")'), audience("b", 'inSegment("a")')), "inSegment cycle: a -> b -> a",
+     "audiences[0].rule: inSegment cycle: a -> b -> a"),
+    ((audience("a", 'inSegment("a")'),), "inSegment cycle: a -> a", "audiences[0].rule: inSegment cycle: a -> a"),
     ((audience("a", 'inSegment("b")', "mp-a"), audience("b", "x = 1", "mp-b")),
-     "audience 'a' (merge policy 'mp-a'): inSegment of 'b' of another merge policy ('mp-b')"),
-    ((audience("a", 'inSegment("zz")'),), "audience 'a': inSegment of unknown audience 'zz'"),
+     "audience 'a' (merge policy 'mp-a'): inSegment of 'b' of another merge policy ('mp-b')",
+     "audiences[0].rule: inSegment('b') names an audience of merge policy 'mp-b', not 'mp-a'"),
+    ((audience("a", 'inSegment("zz")'),), "audience 'a': inSegment of unknown audience 'zz'",
+     "audiences[0].rule: inSegment references unknown audience 'zz'"),
 ])
-def test_bad_references_raise(audiences, error):
+def test_bad_references_raise(audiences, error, config_error):
     with pytest.raises(ValueError, match="^" + __import__("re").escape(error) + "$"):
         audience_set(*audiences)
-    assert check_audiences(make_config(audiences=audiences, mapped=(), policies=POLICIES)) == [f"audiences: {error}"]
+    assert check_audiences(make_config(audiences=audiences, mapped=(), policies=POLICIES)) == [config_error]
 
 
 def test_each_audience_sees_the_view_of_its_own_policy():

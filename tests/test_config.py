@@ -79,9 +79,9 @@ CASES = [  # (name, edit, the error it must produce)
     ("no default", edit(("merge_policies", 0, "default"), False), "merge_policies: exactly one policy must have default: true, found 0"),
     ("precedence without datasets", edit(("merge_policies", 1, "datasets"), DELETE), "merge_policies[1].datasets: dataset_precedence needs the datasets in precedence order"),
     ("rule syntax (real rules module)", edit(("audiences", 0, "rule"), 'vehicle.make = "DeLorean" adn true'), "audiences[0].rule: unexpected token 'adn' at column 27"),
-    ("inSegment unknown", edit(("audiences", 1, "rule"), 'inSegment("aud-ghost")'), "audiences: audience 'aud-sci-fi': inSegment of unknown audience 'aud-ghost'"),
-    ("inSegment cycle", edit(("audiences", 0, "rule"), 'inSegment("aud-sci-fi")'), "audiences: inSegment cycle: aud-delorean -> aud-sci-fi -> aud-delorean"),
-    ("inSegment across policies", edit(("audiences", 1, "rule"), 'inSegment("aud-vip-upload")'), "audiences: audience 'aud-sci-fi' (merge policy 'mp-default'): inSegment of 'aud-vip-upload' of another merge policy ('mp-crm-first')"),
+    ("inSegment unknown", edit(("audiences", 1, "rule"), 'inSegment("aud-ghost")'), "audiences[1].rule: inSegment references unknown audience 'aud-ghost'"),
+    ("inSegment cycle", edit(("audiences", 0, "rule"), 'inSegment("aud-sci-fi")'), "audiences[0].rule: inSegment cycle: aud-delorean -> aud-sci-fi -> aud-delorean"),
+    ("inSegment across policies", edit(("audiences", 1, "rule"), 'inSegment("aud-vip-upload")'), "audiences[1].rule: inSegment('aud-vip-upload') names an audience of merge policy 'mp-crm-first', not 'mp-default'"),
     ("rule and upload", edit(("audiences", 0, "upload"), {"path": "vip.csv", "column": "email", "namespace": "email"}), "audiences[0]: has both a rule and an upload; give one"),
     ("neither rule nor upload", edit(("audiences", 1, "rule"), DELETE), "audiences[1]: needs a rule or an upload"),
     ("incomplete upload", edit(("audiences", 3, "upload", "column"), DELETE), "audiences[3].upload.column: required field missing"),
@@ -254,3 +254,14 @@ def test_secret_never_prints(caplog):
     for value in (SECRET, ENV["AWS_ACCESS_KEY_ID"], "session-token-secret"):
         assert value not in shown
     assert creds.session_token.reveal() == "session-token-secret" and repr(Secret("x")) == "Secret('***')"
+
+
+def test_every_insegment_mistake_is_reported_with_its_rule_path():
+    doc = base()
+    doc["audiences"][1]["rule"] = 'inSegment("aud-ghost") or inSegment("aud-phantom")'
+    doc["audiences"][2]["rule"] = 'inSegment("aud-vip-upload")'
+    assert sorted(errors_of(doc)) == [
+        "audiences[1].rule: inSegment references unknown audience 'aud-ghost'",
+        "audiences[1].rule: inSegment references unknown audience 'aud-phantom'",
+        "audiences[2].rule: inSegment('aud-vip-upload') names an audience of merge policy 'mp-crm-first', not 'mp-default'",
+    ]

@@ -130,14 +130,31 @@ class AudienceSet:
 
 
 def check_audiences(config: ExportConfig) -> List[str]:
-    """Config errors of the audiences, each ``audiences[i].field: message`` (for the loader)."""
+    """Config errors of the audiences, each ``audiences[i].field: message`` (for the loader),
+    all of them: rule syntax, unreadable uploads, inSegment references to unknown audiences or
+    to another merge policy, and inSegment cycles."""
     errors, refs = [], {}
+    index = {}
+    for i, a in enumerate(config.audiences):
+        index.setdefault(a.id, i)
+    policy = {a.id: a.merge_policy for a in config.audiences}
     for i, a in enumerate(config.audiences):
         if a.rule is not None:
             try:
-                refs[a.id] = compile_rule(a.id, a.rule).segment_refs
+                named = compile_rule(a.id, a.rule).segment_refs
             except RuleError as e:
                 errors.append(f"audiences[{i}].rule: {e}")
+                continue
+            valid = set()
+            for ref in sorted(named):
+                if ref not in policy:
+                    errors.append(f"audiences[{i}].rule: inSegment references unknown audience {ref!r}")
+                elif policy[ref] != a.merge_policy:
+                    errors.append(f"audiences[{i}].rule: inSegment({ref!r}) names an audience of merge policy "
+                                  f"{policy[ref]!r}, not {a.merge_policy!r}")
+                else:
+                    valid.add(ref)
+            refs[a.id] = frozenset(valid)
         elif a.upload is not None:
             try:
                 _read_upload(a.upload)
@@ -145,6 +162,7 @@ def check_audiences(config: ExportConfig) -> List[str]:
                 errors.append(f"audiences[{i}].upload: {e}")
     try:
         _order(config.audiences, refs)
-    except ValueError as e:
-        errors.append(f"audiences: {e}")
+    except ValueError as e:  # only cycles remain: the references themselves are valid
+        cycle_start = str(e).rsplit(": ", 1)[-1].split(" -> ")[0]
+        errors.append(f"audiences[{index.get(cycle_start, 0)}].rule: {e}")
     return errors
