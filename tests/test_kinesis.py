@@ -70,12 +70,14 @@ def test_record_over_1mib_is_dead_lettered_never_sent(moto_server, kinesis_strea
     dest = destination(moto_server, name, tmp_path)
     big = b"x" * (MAX_RECORD_BYTES - 3)           # 1 MiB only with its 4-byte key
     with beam.Pipeline(options=PipelineOptions(["--runner=BundleBasedDirectRunner"])) as p:
-        _ = p | beam.Create([ExportRecord("p-big", big, None), ExportRecord("p-ok", b'{"a":1}', None)]) | KinesisWrite(dest)
+        _ = p | beam.Create([ExportRecord("p-big", big, None), ExportRecord("p-ok", b'{"a":1}', None),
+                             ExportRecord("p-bg2", big, None)]) | KinesisWrite(dest)
     assert [k for k, _ in read_stream(moto_server, name)] == ["p-ok"]
-    [dl] = dead_letters(tmp_path)
-    assert dl["errorCode"] == "RecordTooLarge" and dl["partitionKey"] == "p-big" and dl["dataEncoding"] == "base64"
-    alerts = [json.loads(x) for x in open(tmp_path / "dl" / "alerts.jsonl")]
-    assert alerts[0]["kind"] == "records_dead_lettered"
+    dls = sorted(dead_letters(tmp_path), key=lambda d: d["partitionKey"])
+    assert [(d["partitionKey"], d["errorCode"], d["attempts"], d["dataEncoding"]) for d in dls] == \
+        [("p-bg2", "RecordTooLarge", 0, "base64"), ("p-big", "RecordTooLarge", 0, "base64")]
+    [alert] = [json.loads(x) for x in open(tmp_path / "dl" / "alerts.jsonl")]    # one per flush
+    assert (alert["kind"], alert["count"]) == ("records_dead_lettered", 2)
 
 
 @pytest.mark.parametrize("code", ["ProvisionedThroughputExceededException", "InternalFailure"])
@@ -189,3 +191,34 @@ def test_dead_letter_keeps_exact_bytes():
     assert json.loads(exact)["data"] == {"é": 1} and "dataEncoding" not in json.loads(exact)
     spaced = json.loads(dead_letter_line(FailedRecord("k", b'{"a": 1}', "X", "m", 1, 0, 1), "s"))
     assert spaced["dataEncoding"] == "base64" and base64.b64decode(spaced["data"]) == b'{"a": 1}'
+
+
+def test_pipeline_under_faults_keeps_key_order_and_reports(moto_server, kinesis_stream, tmp_path, fault_proxy):
+    """Record failures, a 500, a dropped connection and a throttled request in one real
+    pipeline: per-key order read back from the shard, metrics, the FailedRecord output and a
+    single alert for the flush that dead-lettered."""
+    from apache_beam.testing.util import assert_that, equal_to
+    name = kinesis_stream()
+    dest = destination(fault_proxy.url, name, tmp_path, retry=RetrySettings(4, 1, 5))   # five sends
+    records = [ExportRecord(key, json.dumps({"key": key, "seq": i}).encode(), now_ms())
+               for i in range(4) for key in ("a", "b", "c")]
+    fault_proxy.plan = [("fail", {0: "ProvisionedThroughputExceededException", 2: "InternalFailure"}),
+                        ("status", 500, "InternalFailure"), "drop",
+                        ("status", 400, "ProvisionedThroughputExceededException"),
+                        ("fail", {0: "InternalFailure"})]          # 'a' seq 0 fails its fifth send
+    p = beam.Pipeline(options=PipelineOptions(["--runner=BundleBasedDirectRunner"]))
+    failed = p | beam.Create(records) | KinesisWrite(dest, max_delay_ms=60_000)
+    assert_that(failed | beam.Map(lambda f: (f.partition_key, json.loads(f.data)["seq"], f.error_code, f.attempts)),
+                equal_to([("a", 0, "InternalFailure", 5)]))
+    result = p.run()
+    result.wait_until_finish()
+    got = [json.loads(d) for _, d in read_stream(moto_server, name)]
+    assert [r["seq"] for r in got if r["key"] == "a"] == [1, 2, 3]
+    for key in "bc":
+        assert [r["seq"] for r in got if r["key"] == key] == [0, 1, 2, 3]
+    assert all(len(set(keys)) == len(keys) for keys in fault_proxy.put_requests)
+    counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
+    assert (counters["records_sent"], counters["records_retried"], counters["records_dead_lettered"]) == (11, 11, 1)
+    assert counters["throttled"] == 2 and counters["requests"] == len(fault_proxy.put_requests)
+    [alert] = [json.loads(x) for x in open(tmp_path / "dl" / "alerts.jsonl")]
+    assert (alert["kind"], alert["count"], alert["codes"]) == ("records_dead_lettered", 1, {"InternalFailure": 1})
