@@ -3,9 +3,12 @@
     python -m pipelines.backfill --config CONFIG --snapshot GLOB [--events GLOB]
                                  [--audiences ID,ID] [--as_of ISO8601] [--output kinesis|PATH]
 
-Without ``--runner`` the job runs on the FnApiRunner in-process (the DirectRunner's batch
-engine): the work is a handful of vectorized row groups, so process start-up is what would
-otherwise dominate. ``--direct_num_workers`` spreads row groups over processes.
+Without ``--runner`` the job runs on the DirectRunner's in-process FnApiRunner with one worker:
+the work is a few vectorized row groups per file and the pipeline is one fused stage, so
+start-up is what any other local runner adds (the BundleBasedDirectRunner is faster only for
+keyed state, which a backfill has none of; ``multi_processing`` starts worker processes and
+ships every blob between them; ``multi_threading`` showed no gain on 2 shared cores).
+``--direct_num_workers`` and ``--direct_running_mode`` still pass through.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from transforms.backfill import ExportSnapshot
 from transforms.config import ExportConfig
 from transforms.errors import UserError
 from transforms.snapshot import match_files
-from transforms.timeutil import now_ms
+from transforms.timeutil import format_qualification_time, now_ms
 
 
 class BackfillOptions(PipelineOptions):
@@ -40,7 +43,7 @@ def select_audiences(config: ExportConfig, requested: Optional[str], has_events:
     mapped = [m.id for m in config.mapping.audiences]
     selected = mapped
     if requested:
-        selected = [a.strip() for a in requested.split(",") if a.strip()]
+        selected = list(dict.fromkeys(a.strip() for a in requested.split(",") if a.strip()))
         unknown = [a for a in selected if a not in mapped]
         if unknown:
             raise UserError(f"--audiences: not mapped in the config: {', '.join(unknown)} "
@@ -55,12 +58,13 @@ def select_audiences(config: ExportConfig, requested: Optional[str], has_events:
     return selected, skipped
 
 
-def build(pipeline: beam.Pipeline, config: ExportConfig, options: PipelineOptions) -> List[str]:
-    """Wire the backfill; returns the selected audiences. User errors are raised here, before
-    anything runs."""
+def build(pipeline: beam.Pipeline, config: ExportConfig, options: PipelineOptions) -> Tuple[List[str], int]:
+    """Wire the backfill; returns the selected audiences and ``as_of``. User errors are raised
+    here, before anything runs."""
     opts = options.view_as(BackfillOptions)
     output = options.view_as(ExportJobOptions).output
-    as_of_ms = parse_time_option(opts.as_of, "--as_of") or now_ms()
+    as_of_ms = parse_time_option(opts.as_of, "--as_of")
+    as_of_ms = now_ms() if as_of_ms is None else as_of_ms
     selected, skipped = select_audiences(config, opts.audiences, bool(opts.events))
     paths = match_files(require(opts.snapshot, "--snapshot"))
     if opts.events:
@@ -72,7 +76,7 @@ def build(pipeline: beam.Pipeline, config: ExportConfig, options: PipelineOption
     records = pipeline | "ExportSnapshot" >> ExportSnapshot(
         config, paths, selected, as_of_ms, opts.events, as_lines=output != KINESIS, batch_size=opts.batch_size)
     write_output(records, config, output, live=False)
-    return selected
+    return selected, as_of_ms
 
 
 def run(argv: Sequence[str]) -> int:
@@ -81,16 +85,15 @@ def run(argv: Sequence[str]) -> int:
     config = load_job_config(options)
     default_runner(options, "DirectRunner")
     pipeline = beam.Pipeline(options=options)
-    selected = build(pipeline, config, options)
+    selected, as_of_ms = build(pipeline, config, options)
     result = pipeline.run()
     result.wait_until_finish()
-    as_of = options.view_as(BackfillOptions).as_of
     profiles = metric_total(result, "profiles", "backfill")
     per_audience = ", ".join(f"{a}: {metric_total(result, 'members_' + a, 'backfill')}" for a in selected)
     per_policy = ", ".join(f"{p.id}: {metric_total(result, 'records_' + p.id, 'backfill')}"
                            for p in config.merge_policies)
     dead = metric_total(result, "records_dead_lettered")
-    print(f"backfill as of {as_of or 'now'}: {profiles} profiles read; members {per_audience}; "
+    print(f"backfill as of {format_qualification_time(as_of_ms)}: {profiles} profiles read; members {per_audience}; "
           f"records {per_policy}; {dead} records dead-lettered", file=sys.stderr)
     return 0
 

@@ -2,12 +2,15 @@
 in ``PATH/records-*.jsonl`` (SPEC 2), for dry runs.
 
 Lines are built by byte concatenation (the data is already compact JSON: no re-parse). Accepts
-``ExportRecord`` elements (streaming) and pre-joined ``bytes`` blobs of whole lines (backfill
-batches). One file per bundle, renamed into place when the bundle finishes.
+``ExportRecord`` elements (streaming) and ``RecordLines`` blobs of whole lines (backfill
+batches). One file per bundle under a unique name, written under a temporary name and renamed
+when the bundle finishes, so it works unwindowed in streaming as in batch and a reader never
+sees a half-written file.
 """
 from __future__ import annotations
 
-import json
+from json.encoder import encode_basestring
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -15,8 +18,15 @@ from apache_beam.metrics import Metrics
 from transforms.dead_letter import BundleFileWriter
 
 
+class RecordLines(NamedTuple):
+    """Pre-joined record lines (a backfill batch) and how many."""
+    lines: bytes
+    count: int
+
+
 def record_line(partition_key: str, data: bytes) -> bytes:
-    return b'{"partitionKey":' + json.dumps(partition_key).encode() + b',"data":' + data + b"}\n"
+    """One line; the key escaped as the records are (``ensure_ascii=False``)."""
+    return b'{"partitionKey":' + encode_basestring(partition_key).encode() + b',"data":' + data + b"}\n"
 
 
 class _WriteRecordFilesFn(beam.DoFn):
@@ -28,9 +38,9 @@ class _WriteRecordFilesFn(beam.DoFn):
         self._writer = BundleFileWriter(self._directory, "records")
 
     def process(self, element):
-        if isinstance(element, bytes):  # a blob of whole lines
-            self._writer.write(element)
-            self._written.inc(element.count(b"\n"))
+        if isinstance(element, RecordLines):
+            self._writer.write(element.lines)
+            self._written.inc(element.count)
         else:
             self._writer.write(record_line(element[0], element[1]))
             self._written.inc()
@@ -40,6 +50,8 @@ class _WriteRecordFilesFn(beam.DoFn):
 
 
 class WriteRecordFiles(beam.PTransform):
+    """``ExportRecord`` elements or ``RecordLines`` blobs -> ``<directory>/records-*.jsonl``."""
+
     def __init__(self, directory: str):
         super().__init__()
         self._directory = directory
