@@ -25,7 +25,7 @@ class BundleFileWriter:
 
     def write(self, line: bytes) -> None:
         if self._file is None:
-            FileSystems.mkdirs(self.directory) if not FileSystems.exists(self.directory) else None
+            _ensure_directory(self.directory)
             name = f"{self.prefix}-{uuid.uuid4().hex}.jsonl"
             self._final = FileSystems.join(self.directory, name)
             self._temp = FileSystems.join(self.directory, "." + name + ".tmp")
@@ -37,6 +37,18 @@ class BundleFileWriter:
             self._file.close()
             FileSystems.rename([self._temp], [self._final])
             self._file = None
+
+
+def _ensure_directory(directory: str) -> None:
+    """mkdirs that tolerates another bundle creating the directory at the same moment (object
+    stores have no directories: their mkdirs does nothing)."""
+    if FileSystems.exists(directory):
+        return
+    try:
+        FileSystems.mkdirs(directory)
+    except IOError:
+        if not FileSystems.exists(directory):
+            raise
 
 
 def dead_letter_line(item: DeadLetter) -> bytes:
@@ -61,6 +73,9 @@ class _WriteDeadLettersFn(beam.DoFn):
 
 
 class WriteDeadLetters(beam.PTransform):
+    """``PCollection[DeadLetter]`` -> JSON lines ``{reason, source, position, raw, time}`` in
+    ``<root>/input/input-<uuid>.jsonl``, one file per bundle (batch and unwindowed streaming)."""
+
     def __init__(self, root: str):
         super().__init__()
         self._directory = FileSystems.join(root, "input")

@@ -6,7 +6,9 @@ records around it go on. ``ReadProfileUpdates`` reads whole files (one file per 
 line numbers exact) and emits two tagged outputs, ``updates`` and ``dead_letter``.
 
 Decisions: unknown top-level keys are ignored (producers add fields; the record is still
-usable); an ``event`` without its own ``timestamp`` takes the update's.
+usable); an ``event`` without its own ``timestamp`` takes the update's; timestamps must fall in
+years 1 to 9999 (what ISO text and Beam's event time can hold). Files are read by extension:
+``.avro`` as Avro, anything else as JSON lines (``.gz``/``.bz2``/... decompressed by Beam).
 """
 from __future__ import annotations
 
@@ -17,16 +19,22 @@ from typing import Any, Dict, Iterable, Iterator, Optional, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.io.watch import PollFn, PollResult, Watch, after_total_of, never
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Duration, Timestamp
 
 from transforms.errors import UserError
 from transforms.model import DeadLetter, ProfileUpdate
-from transforms.timeutil import parse_timestamp_ms
+from transforms.timeutil import now_ms, parse_timestamp_ms
 
 UPDATES = "updates"
 DEAD_LETTER = "dead_letter"
 _EMPTY: Dict[str, Tuple[str, ...]] = {}
+_MIN_MS, _MAX_MS = -62_135_596_800_000, 253_402_300_799_999  # 0001-01-01 .. 9999-12-31T23:59:59.999Z
 
 
 class InvalidUpdate(ValueError):
@@ -58,6 +66,16 @@ def _identities(value, field: str, removals: bool) -> Dict[str, Tuple[str, ...]]
     return out
 
 
+def _time_ms(value, field: str) -> int:
+    try:
+        ms = parse_timestamp_ms(value)
+    except ValueError as e:
+        raise InvalidUpdate(f"field '{field}': {e}") from None
+    if not _MIN_MS <= ms <= _MAX_MS:
+        raise InvalidUpdate(f"field '{field}': {value!r} is out of range (years 1 to 9999)")
+    return ms
+
+
 def update_from_dict(doc: Any) -> ProfileUpdate:
     """A decoded update document to a ``ProfileUpdate``; ``InvalidUpdate`` names what is wrong."""
     if not isinstance(doc, dict):
@@ -70,10 +88,7 @@ def update_from_dict(doc: Any) -> ProfileUpdate:
     ts = doc.get("timestamp")
     if ts is None:
         raise InvalidUpdate("missing required field 'timestamp'")
-    try:
-        timestamp_ms = parse_timestamp_ms(ts)
-    except ValueError as e:
-        raise InvalidUpdate(f"field 'timestamp': {e}") from None
+    timestamp_ms = _time_ms(ts, "timestamp")
     dataset_id = doc.get("datasetId")
     if dataset_id is not None and not isinstance(dataset_id, str):
         raise InvalidUpdate("field 'datasetId': expected a string")
@@ -87,10 +102,8 @@ def update_from_dict(doc: Any) -> ProfileUpdate:
         if not isinstance(event, dict):
             raise InvalidUpdate("field 'event': expected an object")
         event = dict(event)
-        try:
-            event["timestamp"] = parse_timestamp_ms(event["timestamp"]) if event.get("timestamp") is not None else timestamp_ms
-        except ValueError as e:
-            raise InvalidUpdate(f"field 'event.timestamp': {e}") from None
+        own = event.get("timestamp")
+        event["timestamp"] = timestamp_ms if own is None else _time_ms(own, "event.timestamp")
     return ProfileUpdate(profile_id, timestamp_ms, dataset_id,
                          _identities(doc.get("identityMap"), "identityMap", False),
                          _identities(doc.get("identityRemovals"), "identityRemovals", True),
@@ -104,6 +117,8 @@ def parse_json_update(line: Union[str, bytes], source: str, line_no: int) -> Uni
         reason = f"invalid JSON: {e.msg} at column {e.colno}"
     except InvalidUpdate as e:
         reason = str(e)
+    except UnicodeDecodeError as e:
+        reason = f"invalid JSON: not UTF-8 text ({e.reason} at byte {e.start})"
     except RecursionError:
         reason = "invalid JSON: nested too deeply"
     raw = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
@@ -111,9 +126,15 @@ def parse_json_update(line: Union[str, bytes], source: str, line_no: int) -> Uni
 
 
 def iter_json_updates(lines: Iterable[bytes], source: str) -> Iterator[Union[ProfileUpdate, DeadLetter]]:
-    for n, line in enumerate(lines, 1):
-        if line.strip():
-            yield parse_json_update(line, source, n)
+    """Lines of a file; a read error (a truncated gzip, a lost connection) ends the file with one
+    dead letter, after the lines read before it."""
+    n = 0
+    try:
+        for n, line in enumerate(lines, 1):
+            if line.strip():
+                yield parse_json_update(line, source, n)
+    except Exception as e:  # zlib.error, EOFError, OSError, a filesystem's own errors
+        yield DeadLetter(f"cannot read the rest of the file: {e}", source, f"after line {n}", "")
 
 
 def _avro_document(record: Dict[str, Any]) -> Dict[str, Any]:
@@ -160,8 +181,8 @@ def read_updates_file(path: str) -> Iterator[Union[ProfileUpdate, DeadLetter]]:
     with f:
         if path.endswith(".avro"):
             yield from read_avro_updates(f, path)
-        else:
-            yield from iter_json_updates(f, path)
+        else:  # Beam's decompressing file is not iterable: read by readline
+            yield from iter_json_updates(iter(f.readline, b""), path)
 
 
 class _ReadUpdatesFileFn(beam.DoFn):
@@ -207,26 +228,36 @@ class ReadProfileUpdates(beam.PTransform):
 
 # ------------------------------------------------------------------ kinesis:STREAM (unbounded)
 
-UNBOUNDED_SEQUENCE = 1 << 160  # above any Kinesis sequence number (they fit in 128 bits)
+SEQUENCE_END = 10 ** 130  # above any Kinesis sequence number (decimal text of up to 129 digits)
+_TRANSIENT = frozenset({"ProvisionedThroughputExceededException", "LimitExceededException",
+                        "KMSThrottlingException", "InternalFailure", "ServiceUnavailable"})
+_PAGES_PER_POLL = 10  # GetRecords calls per invocation while a shard is behind (then a checkpoint)
+_GET_RECORDS_GAP_S = 0.2  # Kinesis allows 5 GetRecords per second per shard
 
 
-class _PollRestrictionProvider(beam.transforms.core.RestrictionProvider):
-    """The positions still to read, ``[start, UNBOUNDED)``: Kinesis sequence numbers of a shard,
-    or file modification times (ns) of a watched directory. A checkpoint is the residual after
-    the last claimed position, so a restart resumes just after what the runner committed."""
+class _ShardTracker(OffsetRestrictionTracker):
+    """Sequence numbers of a shard. They are sparse and the end is unknown, so the only split is
+    a checkpoint (at the last claimed record); a fractional split is refused."""
 
-    def initial_restriction(self, shard):
-        from apache_beam.io.restriction_trackers import OffsetRange
-        return OffsetRange(0, UNBOUNDED_SEQUENCE)
+    def try_split(self, fraction_of_remainder):
+        return super().try_split(0) if fraction_of_remainder == 0 else None
+
+
+class _ShardRestrictionProvider(RestrictionProvider):
+    """``[next sequence number, SEQUENCE_END)`` of one shard. The runner persists the residual of a
+    checkpoint, which starts just after the last claimed record: a restart neither skips nor
+    re-reads more than what came after that checkpoint."""
+
+    def initial_restriction(self, shard_id):
+        return OffsetRange(0, SEQUENCE_END)
 
     def create_tracker(self, restriction):
-        from apache_beam.io.restriction_trackers import OffsetRestrictionTracker
-        return OffsetRestrictionTracker(restriction)
+        return _ShardTracker(restriction)
 
-    def restriction_size(self, shard, restriction):
+    def restriction_size(self, shard_id, restriction):
         return 1  # unknown backlog; every shard weighs the same
 
-    def truncate(self, shard, restriction):
+    def truncate(self, shard_id, restriction):
         return None  # drain: stop reading
 
 
@@ -240,53 +271,98 @@ def shard_iterator_args(stream: str, shard_id: str, start: int) -> dict:
     return args
 
 
+def _is_transient(error: Exception) -> bool:
+    from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, ReadTimeoutError
+    if isinstance(error, ClientError):
+        return error.response.get("Error", {}).get("Code") in _TRANSIENT
+    return isinstance(error, (BotoConnectionError, ReadTimeoutError))
+
+
+def _kinesis_client(stream, region, endpoint_url, credentials):
+    from transforms.config import Destination
+    from transforms.kinesis import make_client
+    return make_client(Destination("input", region, stream, "", endpoint_url=endpoint_url, credentials=credentials))
+
+
 class _ReadShardFn(beam.DoFn):
-    """Reads one shard with GetShardIterator/GetRecords; between polls the rest of the shard is
-    deferred (a checkpoint the runner persists)."""
+    """Reads one shard: GetShardIterator at the restriction's start, then GetRecords pages while
+    the shard is behind, claiming each record's sequence number; then the rest of the shard is
+    deferred (a checkpoint) for ``poll_interval_s``, or at once while there is a backlog.
+
+    The watermark is the arrival time read up to (now minus GetRecords' ``MillisBehindLatest``),
+    so event-time timers downstream fire as the stream is caught up. Throttling and connection
+    errors wait for the next poll instead of failing the bundle."""
 
     def __init__(self, stream, region, endpoint_url, credentials, poll_interval_s, max_idle_polls):
         self._stream, self._region, self._endpoint_url, self._credentials = stream, region, endpoint_url, credentials
         self._poll_interval_s, self._max_idle_polls = poll_interval_s, max_idle_polls
         self._updates = Metrics.counter("inputs", "updates_read")
         self._bad = Metrics.counter("inputs", "input_dead_letters")
+        self._retries = Metrics.counter("inputs", "kinesis_read_retries")
 
     def setup(self):
-        from transforms.config import Destination
-        from transforms.kinesis import make_client
-        self._client = make_client(Destination("input", self._region, self._stream, "", endpoint_url=self._endpoint_url,
-                                               credentials=self._credentials))
+        self._client = _kinesis_client(self._stream, self._region, self._endpoint_url, self._credentials)
         self._idle = {}
 
     @beam.DoFn.unbounded_per_element()
-    def process(self, shard_id: str, tracker=beam.DoFn.RestrictionParam(_PollRestrictionProvider())):
-        start = tracker.current_restriction().start
-        iterator = self._client.get_shard_iterator(**shard_iterator_args(self._stream, shard_id, start))["ShardIterator"]
-        page = self._client.get_records(ShardIterator=iterator, Limit=1000)
+    def process(self, shard_id: str, tracker=beam.DoFn.RestrictionParam(_ShardRestrictionProvider()),
+                watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider())):
         source = f"kinesis:{self._stream}/{shard_id}"
-        for record in page["Records"]:
-            sequence = int(record["SequenceNumber"])
-            if not tracker.try_claim(sequence):
-                return
-            item = parse_json_update(record["Data"], source, 0)
-            if isinstance(item, ProfileUpdate):
-                self._updates.inc()
-                yield TimestampedValue(item, item.timestamp_ms / 1000.0)
-            else:
-                self._bad.inc()
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER, item._replace(position=f"sequence {sequence}"))
-        idle = 0 if page["Records"] else self._idle.get(shard_id, 0) + 1
+        read = 0
+        behind_ms = 1
+        try:
+            iterator = self._client.get_shard_iterator(
+                **shard_iterator_args(self._stream, shard_id, tracker.current_restriction().start))["ShardIterator"]
+            for page_no in range(_PAGES_PER_POLL):
+                if page_no:
+                    time.sleep(_GET_RECORDS_GAP_S)
+                page = self._client.get_records(ShardIterator=iterator, Limit=1000)
+                for record in page["Records"]:
+                    sequence = int(record["SequenceNumber"])
+                    if not tracker.try_claim(sequence):
+                        return  # the runner checkpointed: the residual starts at this record
+                    read += 1
+                    item = parse_json_update(record["Data"], source, 0)
+                    if isinstance(item, ProfileUpdate):
+                        self._updates.inc()
+                        yield TimestampedValue(item, item.timestamp_ms / 1000.0)
+                    else:
+                        self._bad.inc()
+                        yield beam.pvalue.TaggedOutput(DEAD_LETTER, item._replace(position=f"sequence {sequence}"))
+                behind_ms = page.get("MillisBehindLatest", 0)
+                _advance(watermark, Timestamp.of((now_ms() - behind_ms) / 1000.0))
+                iterator = page.get("NextShardIterator")
+                if iterator is None:  # a closed (resharded) shard, read to its end
+                    tracker.try_claim(SEQUENCE_END - 1)
+                    return
+                if behind_ms == 0:
+                    break
+        except Exception as e:
+            if not _is_transient(e):
+                raise
+            self._retries.inc()
+            behind_ms = 0
+        idle = 0 if read else self._idle.get(shard_id, 0) + 1
         self._idle[shard_id] = idle
         if self._max_idle_polls is not None and idle >= self._max_idle_polls:
-            tracker.try_claim(UNBOUNDED_SEQUENCE - 1)  # bounded for tests and demos: the shard is done
+            tracker.try_claim(SEQUENCE_END - 1)  # bounded for tests and demos: the shard is done
             return
-        from apache_beam.utils.timestamp import Duration
-        tracker.defer_remainder(Duration(seconds=self._poll_interval_s if not page["Records"] else 0))
+        tracker.defer_remainder(Duration(seconds=0 if behind_ms else self._poll_interval_s))
+
+
+def _advance(estimator, watermark: Timestamp) -> None:
+    current = estimator.current_watermark()
+    if current is None or watermark > current:
+        estimator.set_watermark(watermark)
 
 
 class ReadKinesisUpdates(beam.PTransform):
-    """``kinesis:STREAM``: JSON updates from every shard of an input stream (unbounded).
+    """``kinesis:STREAM``: JSON updates (one per record) from every shard of an input stream,
+    unbounded, as tagged outputs ``updates`` and ``dead_letter`` (position ``sequence N``).
 
-    ``max_idle_polls`` ends a shard after that many empty polls in a row (tests, demos)."""
+    Shards are listed (ListShards) when the pipeline is built: shards created by a later
+    resharding are read after a restart. ``max_idle_polls`` ends a shard after that many empty
+    polls in a row (tests, demos)."""
 
     def __init__(self, stream: str, region: str, endpoint_url=None, credentials=None,
                  poll_interval_s: float = 1.0, max_idle_polls=None):
@@ -295,10 +371,7 @@ class ReadKinesisUpdates(beam.PTransform):
         self._poll_interval_s, self._max_idle_polls = poll_interval_s, max_idle_polls
 
     def _shards(self):
-        from transforms.config import Destination
-        from transforms.kinesis import make_client
-        client = make_client(Destination("input", self._region, self._stream, "", endpoint_url=self._endpoint_url,
-                                         credentials=self._credentials))
+        client = _kinesis_client(self._stream, self._region, self._endpoint_url, self._credentials)
         try:
             shards, kwargs = [], {"StreamName": self._stream}
             while True:
@@ -318,49 +391,55 @@ class ReadKinesisUpdates(beam.PTransform):
                                                           self._max_idle_polls)).with_outputs(DEAD_LETTER, main=UPDATES))
 
 
-class _WatchDirectoryFn(beam.DoFn):
-    """Lists a directory; files modified after the last claimed modification time are new.
-    Between polls the rest is deferred (a checkpoint); the poll also sleeps up to a second when
-    idle, since not every runner honours a deferral's delay."""
+# ------------------------------------------------------------------ watch:DIR (unbounded)
 
-    def __init__(self, interval_s: float, stop_at_s: Optional[float]):
-        self._interval_s, self._stop_at_s = interval_s, stop_at_s
+class _ListLandedFiles(PollFn):
+    """One poll of a directory for ``Watch``: the files in it (hidden and ``*.tmp`` files are
+    still being written). Polls are at least ``interval_s`` apart even on a runner that
+    resumes a deferred poll at once (the local ones)."""
 
-    @beam.DoFn.unbounded_per_element()
-    def process(self, directory: str, tracker=beam.DoFn.RestrictionParam(_PollRestrictionProvider())):
-        import os
-        from apache_beam.utils.timestamp import Duration
-        start = tracker.current_restriction().start
-        landed = []
-        for entry in os.scandir(directory):
-            if entry.is_file() and not entry.name.startswith(".") and not entry.name.endswith(".tmp"):
-                mtime = entry.stat().st_mtime_ns
-                if mtime >= start:
-                    landed.append((mtime, entry.path))
-        for mtime, path in sorted(landed):
-            if not tracker.try_claim(mtime):
-                return
-            yield path
-        if self._stop_at_s is not None and time.time() >= self._stop_at_s:
-            tracker.try_claim(UNBOUNDED_SEQUENCE - 1)
-            return
-        if not landed:
-            time.sleep(min(self._interval_s, 1.0))
-        tracker.defer_remainder(Duration(seconds=self._interval_s))
+    def __init__(self, interval_s: float):
+        self._interval_s = interval_s
+        self._last = 0.0
+
+    def __call__(self, directory: str) -> PollResult:
+        wait = self._last + self._interval_s - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self._last = time.monotonic()
+        now = Timestamp.now()
+        matched = FileSystems.match([FileSystems.join(directory, "*")])[0].metadata_list
+        names = sorted(m.path for m in matched if not _in_progress(m.path.rsplit("/", 1)[-1]))
+        return PollResult.incomplete(names, timestamp=now).with_watermark(now)
+
+    def default_output_coder(self):
+        from apache_beam.coders import StrUtf8Coder
+        return StrUtf8Coder()
+
+
+def _in_progress(name: str) -> bool:
+    return name.startswith(".") or name.endswith(".tmp")
 
 
 class WatchProfileUpdates(beam.PTransform):
-    """``watch:DIR``: files landing in DIR are read as they arrive (polled every ``interval_s``;
-    each file once, by modification time; hidden and ``*.tmp`` files are skipped, so writers
-    should write under such a name and rename). ``stop_after_s`` bounds the watch (tests, demos)."""
+    """``watch:DIR``: files landing in DIR (any Beam filesystem) are read as they arrive, as
+    tagged outputs ``updates`` and ``dead_letter``.
+
+    Built on Beam's ``Watch``: DIR is listed every ``interval_s`` seconds and each path is read
+    once; the set of paths seen is the checkpointed restriction, so a restart does not read a
+    file again (that set grows with the number of files: move read files away in a long run).
+    Writers should write under a hidden or ``*.tmp`` name and rename. ``stop_after_s`` ends the
+    watch (tests, demos)."""
 
     def __init__(self, directory: str, interval_s: float = 5.0, stop_after_s: Optional[float] = None):
         super().__init__()
         self._directory, self._interval_s, self._stop_after_s = directory, interval_s, stop_after_s
 
     def expand(self, pbegin):
-        stop_at = None if self._stop_after_s is None else time.time() + self._stop_after_s
+        termination = never() if self._stop_after_s is None else after_total_of(self._stop_after_s)
         return (pbegin
                 | "Directory" >> beam.Create([self._directory])
-                | "Poll" >> beam.ParDo(_WatchDirectoryFn(self._interval_s, stop_at))
+                | "Poll" >> Watch(_ListLandedFiles(self._interval_s), poll_interval=self._interval_s,
+                                  termination=termination)
+                | "Paths" >> beam.Values()
                 | "Parse" >> beam.ParDo(_ReadUpdatesFileFn()).with_outputs(DEAD_LETTER, main=UPDATES))
