@@ -3,20 +3,22 @@
     python -m pipelines.backfill --config CONFIG --snapshot GLOB [--events GLOB]
                                  [--audiences ID,ID] [--as_of ISO8601] [--output kinesis|PATH]
 
-Without ``--runner`` the job runs on the DirectRunner's in-process FnApiRunner with one worker:
-the work is a few vectorized row groups per file and the pipeline is one fused stage, so
-start-up is what any other local runner adds (the BundleBasedDirectRunner is faster only for
-keyed state, which a backfill has none of; ``multi_processing`` starts worker processes and
-ships every blob between them; ``multi_threading`` showed no gain on 2 shared cores).
-``--direct_num_workers`` and ``--direct_running_mode`` still pass through.
+Without ``--runner`` the job runs on the DirectRunner's FnApiRunner in ``multi_threading`` mode
+with one worker thread per core: the pipeline is one fused stage over row groups whose work is
+pyarrow kernels, which release the GIL, so threads format row groups in parallel without the
+start-up of worker processes (``multi_processing``) or copying blobs between them. Measured on
+2 cores, 1M profiles: ~3.0 s against ~3.6 s with one worker, for ~150 MiB more memory. The
+BundleBasedDirectRunner is faster only for keyed state, which a backfill has none of. Given
+``--direct_num_workers`` or ``--direct_running_mode`` are kept as they are.
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import List, Optional, Sequence, Tuple
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from pipelines.common import (KINESIS, ExportJobOptions, check_output, cli_main, default_runner,
                               load_job_config, metric_total, parse_time_option, require, write_output)
@@ -35,7 +37,7 @@ class BackfillOptions(PipelineOptions):
         parser.add_argument("--events", help="experience events glob (Parquet or JSONL) for event rules")
         parser.add_argument("--audiences", help="comma-separated mapped audience ids (default: all mapped)")
         parser.add_argument("--as_of", help="evaluation time, ISO-8601 (default: now)")
-        parser.add_argument("--batch_size", type=int, default=65536, help="rows per record batch")
+        parser.add_argument("--batch_size", type=int, default=131072, help="rows per record batch")
 
 
 def select_audiences(config: ExportConfig, requested: Optional[str], has_events: bool) -> Tuple[List[str], List[str]]:
@@ -79,11 +81,22 @@ def build(pipeline: beam.Pipeline, config: ExportConfig, options: PipelineOption
     return selected, as_of_ms
 
 
+def local_defaults(options: PipelineOptions, argv: Sequence[str]) -> None:
+    """Without ``--runner``: the DirectRunner, one worker thread per core (module docstring)."""
+    if options.view_as(StandardOptions).runner:
+        return
+    default_runner(options, "DirectRunner")
+    if not any(a.startswith(("--direct_num_workers", "--direct_running_mode")) for a in argv):
+        direct = options.view_as(DirectOptions)
+        direct.direct_num_workers = os.cpu_count() or 1
+        direct.direct_running_mode = "multi_threading"
+
+
 def run(argv: Sequence[str]) -> int:
     options = PipelineOptions(argv)
     require(options.view_as(BackfillOptions).snapshot, "--snapshot")
     config = load_job_config(options)
-    default_runner(options, "DirectRunner")
+    local_defaults(options, argv)
     pipeline = beam.Pipeline(options=options)
     selected, as_of_ms = build(pipeline, config, options)
     result = pipeline.run()

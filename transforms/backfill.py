@@ -359,7 +359,7 @@ class ExportSnapshot(beam.PTransform):
     ``ExportRecord`` elements (for ``KinesisWrite``)."""
 
     def __init__(self, config: ExportConfig, paths: Sequence[str], selected: Sequence[str], as_of_ms: int,
-                 events_pattern: Optional[str] = None, as_lines: bool = True, batch_size: int = 65536):
+                 events_pattern: Optional[str] = None, as_lines: bool = True, batch_size: int = 131072):
         super().__init__()
         self._work = row_groups(paths)
         self._fn = _ExportRowGroupFn(config, selected, as_of_ms, events_pattern, as_lines, batch_size)
