@@ -38,7 +38,8 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False,
+# Compact JSON as the records carry it (also the backfill fallback for values Arrow cannot format).
+encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False,
                            default=_json_default).encode
 
 _qualification_time = functools.lru_cache(maxsize=4096)(format_qualification_time)
@@ -93,7 +94,7 @@ class RecordFormatter:
                               ("mappingUpdatedAt", m.mapping_updated_at_ms)]
             if dest.include_segment_names:
                 extra.append(("name", aud.name))
-            static = "".join(f",{_quote(k)}:{_encode(v)}" for k, v in extra if v is not None)
+            static = "".join(f",{_quote(k)}:{encode_json(v)}" for k, v in extra if v is not None)
             self._head[aud.id] = _quote(aud.id) + ':{"lastQualificationTime":"'
             for status in ("realized", "exited"):
                 self._tail[aud.id, status] = f'","status":"{status}"{static}}}'
@@ -113,7 +114,7 @@ class RecordFormatter:
         with ``ups`` as ``(audience_id, status, lastQualificationTime ms)``, the identity map."""
         head, tail = self._head, self._tail
         attributes = _pick(view, self._tree)
-        parts = [_encode(attributes)[:-1] + ',"segmentMembership":{"ups":{' if attributes
+        parts = [encode_json(attributes)[:-1] + ',"segmentMembership":{"ups":{' if attributes
                  else '{"segmentMembership":{"ups":{']
         parts.append(",".join([head[a] + _qualification_time(ms // 1000 * 1000) + tail[a, s]
                                for a, s, ms in ups]))
