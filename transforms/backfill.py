@@ -13,8 +13,8 @@ timestamps, decimals, binary; odd identity maps; partition keys over 256 charact
 values alone go through Python.
 
 ``lastQualificationTime`` is the snapshot's ``segmentMembership`` entry for the audience (any
-status) when it has one with a readable ISO time, else the row's ``timestamp`` (``as_of`` when
-that is null), floored to the second.
+status) when it has one of the form ``YYYY-MM-DDTHH:MM:SS[.fff](Z|±HH:MM|±HHMM)``, else the
+row's ``timestamp`` (``as_of`` when that is null), floored to the second.
 
 ``ExportSnapshot`` is the Beam step: one element per Parquet row group, read, evaluated and
 formatted inside one DoFn (record batches never cross a Beam boundary), yielding one blob of
@@ -240,7 +240,7 @@ class PolicyRecords(NamedTuple):
     are built in one pass."""
     policy_id: str
     partition_keys: pa.Array
-    parts: tuple
+    parts: Tuple[object, ...]
 
     def data(self) -> pa.Array:
         return _concat(*self.parts)
