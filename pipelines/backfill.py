@@ -26,7 +26,7 @@ from transforms.audiences import AudienceSet
 from transforms.backfill import ExportSnapshot
 from transforms.config import ExportConfig
 from transforms.errors import UserError
-from transforms.snapshot import match_files
+from transforms.snapshot import match_files, read_events
 from transforms.timeutil import format_qualification_time, now_ms
 
 
@@ -69,14 +69,13 @@ def build(pipeline: beam.Pipeline, config: ExportConfig, options: PipelineOption
     as_of_ms = now_ms() if as_of_ms is None else as_of_ms
     selected, skipped = select_audiences(config, opts.audiences, bool(opts.events))
     paths = match_files(require(opts.snapshot, "--snapshot"))
-    if opts.events:
-        match_files(opts.events, "--events")
+    events = read_events(opts.events) if opts.events else None
     check_output(config, output)
     if skipped:
         print(f"backfill: skipping audiences whose rules need events (give --events): {', '.join(skipped)}",
               file=sys.stderr)
     records = pipeline | "ExportSnapshot" >> ExportSnapshot(
-        config, paths, selected, as_of_ms, opts.events, as_lines=output != KINESIS, batch_size=opts.batch_size)
+        config, paths, selected, as_of_ms, events, as_lines=output != KINESIS, batch_size=opts.batch_size)
     write_output(records, config, output, live=False)
     return selected, as_of_ms
 

@@ -122,13 +122,17 @@ def test_backfill_with_events_and_selected_audiences(job):
     (["--snapshot", "/nonexistent/*.parquet"], "--snapshot matches no files: /nonexistent/*.parquet"),
     (["--audiences", "aud-delorean,aud-rich"], "--audiences: not mapped in the config: aud-rich"),
     (["--audiences", "aud-buyers"], "no audience left to export (their rules need --events)"),
+    (["--snapshot", "TEXT"], "not a readable Parquet file"),
+    (["--events", "TEXT"], "line 1 is not valid JSON"),
 ])
 def test_errors_are_one_line_and_non_zero(job, args, message):
     d, snapshot = job
     (d / "bad.yaml").write_text("destination: {name: x, stream: s}\nmapping: {}\n")
+    (d / "text.jsonl").write_text("not json\n")
+    files = {"BAD": str(d / "bad.yaml"), "TEXT": str(d / "text.jsonl")}
     argv = {"--config": str(d / "config.yaml"), "--snapshot": snapshot, "--output": str(d / "never")}
     for flag, value in zip(args[::2], args[1::2]):
-        argv[flag] = str(d / "bad.yaml") if value == "BAD" else value
+        argv[flag] = files.get(value, value)
     proc = run(*[x for kv in argv.items() for x in kv])
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("backfill: skipping")]

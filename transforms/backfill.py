@@ -322,20 +322,16 @@ def row_groups(paths: Sequence[str]) -> List[Tuple[str, int]]:
 
 
 class _ExportRowGroupFn(beam.DoFn):
-    def __init__(self, config: ExportConfig, selected: Sequence[str], as_of_ms: int, events_pattern: Optional[str],
-                 as_lines: bool, batch_size: int):
+    def __init__(self, config: ExportConfig, selected: Sequence[str], as_of_ms: int,
+                 events_by_profile: Optional[Mapping[str, list]], as_lines: bool, batch_size: int):
         self._config, self._selected, self._as_of_ms = config, list(selected), as_of_ms
-        self._events_pattern, self._as_lines, self._batch_size = events_pattern, as_lines, batch_size
+        self._events, self._as_lines, self._batch_size = events_by_profile, as_lines, batch_size
         self._profiles = Metrics.counter("backfill", "profiles")
         self._records = Metrics.counter("backfill", "records")
 
     def setup(self):
-        events = None
-        if self._events_pattern:
-            from transforms.snapshot import read_events
-            events = read_events(self._events_pattern)
         self._exporter = SnapshotExporter(self._config, AudienceSet.from_config(self._config), self._selected,
-                                          self._as_of_ms, events)
+                                          self._as_of_ms, self._events)
 
     def process(self, item):
         path, row_group = item
@@ -356,13 +352,15 @@ class _ExportRowGroupFn(beam.DoFn):
 
 class ExportSnapshot(beam.PTransform):
     """Snapshot files -> record-line blobs (``as_lines``, for ``WriteRecordFiles``) or
-    ``ExportRecord`` elements (for ``KinesisWrite``)."""
+    ``ExportRecord`` elements (for ``KinesisWrite``). ``events_by_profile`` (``read_events``,
+    read before the pipeline starts so a bad file is a one-line error) travels with the DoFn."""
 
     def __init__(self, config: ExportConfig, paths: Sequence[str], selected: Sequence[str], as_of_ms: int,
-                 events_pattern: Optional[str] = None, as_lines: bool = True, batch_size: int = 131072):
+                 events_by_profile: Optional[Mapping[str, list]] = None, as_lines: bool = True,
+                 batch_size: int = 131072):
         super().__init__()
         self._work = row_groups(paths)
-        self._fn = _ExportRowGroupFn(config, selected, as_of_ms, events_pattern, as_lines, batch_size)
+        self._fn = _ExportRowGroupFn(config, selected, as_of_ms, events_by_profile, as_lines, batch_size)
 
     def expand(self, pbegin):
         return (pbegin
