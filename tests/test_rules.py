@@ -166,6 +166,14 @@ def test_rule_attributes():
     assert rule.audience_id == "x" and rule.evaluate({"a": "y"}, (), NOW, {})
 
 
+def test_view_paths_are_the_attributes_read_outside_events():
+    rule = compile_rule("x", 'a.b = 1 and (not c in [1] or d.e.startsWith("x")) and f.isNull() '
+                             'and inSegment("s") and xEvent[g = 1 and timestamp occurs < 1 days before now]'
+                             '.sum(h.i) > 2 and j < now')
+    assert rule.view_paths == frozenset({"a.b", "c", "d.e", "f", "j"})
+    assert compile_rule("x", "xEvent.exists()").view_paths == frozenset()
+
+
 # ---- events ----------------------------------------------------------------------------------
 
 def event(age_ms, kind="commerce.purchases", price=None, **fields):

@@ -43,7 +43,7 @@ from apache_beam.utils.timestamp import Timestamp
 from transforms import profile_state
 from transforms.audiences import AudienceSet
 from transforms.config import ExportConfig
-from transforms.export_decision import EXITED, ExportDecider, ExportPlan
+from transforms.export_decision import EXITED, ExportDecider, ExportPlan, PathMatcher
 from transforms.merge import MergePolicies
 from transforms.model import ExportRecord, ProfileUpdate, SnapshotProfile
 from transforms.profile_state import ProfileState
@@ -103,10 +103,15 @@ beam.coders.registry.register_coder(ProfileState, ProfileStateCoder)
 class ProfileExporter:
     """Per-profile processing without Beam: one update or time instant in, records out.
 
-    An update that changes no view, identity or event history is not re-evaluated (its
-    memberships cannot have changed; time-window changes come from ``catch_up``), unless a rule
-    reads ``now`` outside windows or the profile was never evaluated (a fresh seed); it can
-    still export through a mapped attribute write."""
+    Memberships are re-evaluated only when an input of some rule may have changed: a write that
+    changed the value at, under or above an attribute path a rule reads (``view_paths``), an
+    event (when rules read events), the identity map (when upload audiences read it), a
+    time-window change due by the update's time, a rule reading ``now`` outside windows, or a
+    profile never evaluated (a fresh seed). Any other change leaves every rule's result as it
+    was: the profile's evaluation time still moves on as if it had been evaluated, and the
+    update can still export through a mapped attribute write or an identity change. (Past
+    ``until_ms`` time-window changes are not timed, so there a profile with events is always
+    evaluated.)"""
 
     def __init__(self, config: ExportConfig, audiences: AudienceSet, until_ms: Optional[int] = None):
         self.audiences = audiences
@@ -118,15 +123,20 @@ class ProfileExporter:
         self.retention_ms = audiences.event_retention_ms
         self.timed = self.retention_ms != 0        # some rule reads events
         self.reads_now = audiences.reads_now
+        self.reads_identities = bool(audiences.uploads)
+        self.rule_inputs = PathMatcher(p for rule in audiences.rules.values() for p in rule.view_paths)
+        self.mapped_attributes = self.decider.mapped_attributes
         self.max_events = config.evaluation.max_events_per_profile
 
     def seed(self, snapshot: SnapshotProfile) -> ProfileState:
         return ProfileState.from_snapshot(snapshot, self.policies, self.audience_ids)
 
-    def catch_up(self, key: str, state: ProfileState, before_ms: int) -> List[Tuple[ExportRecord, ExportPlan]]:
+    def catch_up(self, key: str, state: ProfileState, before_ms: int,
+                 out: Optional[List[Tuple[ExportRecord, ExportPlan]]] = None) -> List[Tuple[ExportRecord, ExportPlan]]:
         """Act on the time-window changes due strictly before ``before_ms`` (a timer's own
         instant: ``before_ms = due + 1``), each at its instant."""
-        out: List[Tuple[ExportRecord, ExportPlan]] = []
+        if out is None:
+            out = []
         while state.timer_ms is not None and state.timer_ms < before_ms:
             now = state.timer_ms
             self._evaluate(key, state, now, now, False, False, out)
@@ -134,17 +144,33 @@ class ProfileExporter:
 
     def update(self, key: str, state: ProfileState, update: ProfileUpdate) -> List[Tuple[ExportRecord, ExportPlan]]:
         """Apply one update (after the changes due before it) and evaluate."""
-        out = self.catch_up(key, state, update.timestamp_ms) if state.timer_ms is not None else []
-        leaves, views_changed, identities_changed, event_added = state.apply(update, self.policies, self.timed)
-        attribute_written = bool(leaves) and self.decider.attribute_written([p for p, _ in leaves])
+        out: List[Tuple[ExportRecord, ExportPlan]] = []
         now = update.timestamp_ms
-        if state.evaluated_ms is None or views_changed or identities_changed or event_added \
-                or self.reads_now or (state.timer_ms is not None and state.timer_ms <= now):
-            if state.evaluated_ms is not None and state.evaluated_ms > now:
-                now = state.evaluated_ms
+        timer = state.timer_ms
+        if timer is not None and timer < now:
+            self.catch_up(key, state, now, out)
+            timer = state.timer_ms
+        changed: List[str] = []
+        leaves, _, identities_changed, event_added = state.apply(update, self.policies, self.timed, changed)
+        attribute_written = bool(leaves) and self.mapped_attributes.any([p for p, _ in leaves])
+        evaluated = state.evaluated_ms
+        if evaluated is None or event_added or self.reads_now \
+                or (changed and self.rule_inputs.any(changed)) \
+                or (identities_changed and self.reads_identities) \
+                or (timer is not None and timer <= now) \
+                or (self.until_ms is not None and now > self.until_ms and state.events):
+            if evaluated is not None and evaluated > now:
+                now = evaluated
             self._evaluate(key, state, now, update.timestamp_ms, identities_changed, attribute_written, out)
-        elif attribute_written:
-            plans = self.decider.decide(state.realized, state.realized, now, False, True)
+            return out
+        if evaluated > now:                           # no rule input changed: results stand
+            now = evaluated
+        state.evaluated_ms = now
+        if self.timed:
+            state.prune_events(now, self.retention_ms, self.max_events)
+        if (attribute_written or identities_changed) and state.realized:
+            realized = state.realized
+            plans = self.decider.decide(realized, realized, now, identities_changed, attribute_written)
             if plans:
                 self._format(key, state, self.policies.views(state), plans, update.timestamp_ms, out)
         return out
@@ -154,14 +180,16 @@ class ProfileExporter:
             state.prune_events(now, self.retention_ms, self.max_events)
         views = self.policies.views(state)
         members = self.audiences.evaluate(views, state.identities, state.events, now)
-        before = state.realized
-        after = {a: before.get(a, now) for a in members}
-        state.realized = after
+        before = after = state.realized
+        if before.keys() != members:
+            after = state.realized = {a: before.get(a, now) for a in members}
         state.evaluated_ms = now
         if self.timed:
             due = self.audiences.next_change_ms(state.events, now)
             state.timer_ms = (None if due is None or due <= now or (self.until_ms is not None and due > self.until_ms)
                               else due)
+        if after is before and not ((identities_changed or attribute_written) and after):
+            return
         plans = self.decider.decide(before, after, now, identities_changed, attribute_written)
         if plans:
             self._format(key, state, views, plans, event_time_ms, out)

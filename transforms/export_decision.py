@@ -27,6 +27,40 @@ class ExportPlan(NamedTuple):
     triggers: Tuple[str, ...]
 
 
+class PathMatcher:
+    """Whether written dotted paths count for a set of paths (at, under or above one of them, by
+    whole segments). Answers are remembered per path: a config's data has few distinct paths."""
+
+    MEMO = 10_000
+
+    def __init__(self, paths: Iterable[str]):
+        paths = tuple(paths)
+        self._paths = frozenset(paths)
+        self._at_or_above = frozenset(p[:i] for p in paths for i in range(len(p) + 1)
+                                      if i == len(p) or p[i] == ".") - {""}
+        self._memo: Dict[str, bool] = {}
+
+    def matches(self, path: str) -> bool:
+        hit = self._memo.get(path)
+        if hit is None:
+            hit = path in self._at_or_above
+            cut = path.rfind(".")
+            while not hit and cut > 0:
+                hit = path[:cut] in self._paths
+                cut = path.rfind(".", 0, cut)
+            if len(self._memo) < self.MEMO:
+                self._memo[path] = hit
+        return hit
+
+    def any(self, paths: Iterable[str]) -> bool:
+        memo = self._memo
+        for path in paths:
+            hit = memo.get(path)
+            if hit or (hit is None and self.matches(path)):
+                return True
+        return False
+
+
 class ExportDecider:
     def __init__(self, config: ExportConfig):
         self._policy_of = {a.id: a.merge_policy for a in config.audiences}
@@ -35,23 +69,11 @@ class ExportDecider:
         for a in config.audiences:
             self._policy_audiences[a.merge_policy] = self._policy_audiences.get(a.merge_policy, ()) + (a.id,)
         self._policy_order = {p.id: i for i, p in enumerate(config.merge_policies)}
-        paths = config.mapping.attributes
-        self._mapped_paths = frozenset(paths)
-        self._at_or_above = frozenset(p[:i] for p in paths for i in range(len(p) + 1)
-                                      if i == len(p) or p[i] == ".") - {""}
+        self.mapped_attributes = PathMatcher(config.mapping.attributes)
 
     def attribute_written(self, paths: Iterable[str]) -> bool:
         """Whether any written path is at, under or above a mapped attribute path."""
-        at_or_above, mapped = self._at_or_above, self._mapped_paths
-        for path in paths:
-            if path in at_or_above:
-                return True
-            cut = path.rfind(".")
-            while cut > 0:
-                if path[:cut] in mapped:
-                    return True
-                cut = path.rfind(".", 0, cut)
-        return False
+        return self.mapped_attributes.any(paths)
 
     def decide(self, before: Mapping[str, int], after: Mapping[str, int], now_ms: int,
                identities_changed: bool = False, attribute_written: bool = False
@@ -59,7 +81,7 @@ class ExportDecider:
         """``before``/``after``: ``{audience_id: lastQualificationTime ms}`` of the audiences the
         profile is realized in; an exit is stamped ``now_ms``."""
         policy_of = self._policy_of
-        changed = [a for a in self._mapped if (a in before) != (a in after)]
+        changed = [] if before is after else [a for a in self._mapped if (a in before) != (a in after)]
         touched = identities_changed or attribute_written
         if not changed and not touched:
             return ()

@@ -103,10 +103,25 @@ def _newer_at_or_above(stamps: Dict[str, int], path: str, ts: int) -> bool:
     return False
 
 
-def write_timestamp_view(view: dict, stamps: Dict[str, int], path: str, ts: int, value: Any) -> bool:
-    """Apply one write to a ``timestamp_ordered`` view in place; True when the view changed."""
-    if _newer_at_or_above(stamps, path, ts):
+def write_timestamp_view(view: dict, stamps: Dict[str, int], path: str, ts: int, value: Any,
+                         in_order: bool = False) -> bool:
+    """Apply one write to a ``timestamp_ordered`` view in place; True when the view changed.
+    ``in_order``: the caller knows no stamp is newer than ``ts``."""
+    if not in_order and _newer_at_or_above(stamps, path, ts):
         return False
+    if value is not None:               # the common case: a leaf set where its parents are objects
+        *parents, leaf = path.split(".")
+        node = view
+        for key in parents:
+            node = node.get(key)
+            if type(node) is not dict:
+                break
+        else:
+            old = node.get(leaf, _MISSING)
+            if type(old) is not dict:
+                node[leaf] = value
+                stamps[path] = ts
+                return old != value or type(old) is not type(value)
     newer_below = ()
     if type(_get(view, path)) is dict:   # an object is replaced: keep what was written after
         under = path + "."
@@ -194,14 +209,18 @@ class MergePolicies:
         self._bucketed = frozenset(d for p in self.precedence for d in p.datasets)
 
     def record(self, state, leaves: List[Tuple[str, Any]], dataset_id: Optional[str],
-               timestamp_ms: int, seq: int) -> bool:
-        """Store leaf writes ``(path, value)``; True when some policy's view may have changed."""
+               timestamp_ms: int, seq: int, changed_paths: Optional[List[str]] = None) -> bool:
+        """Store leaf writes ``(path, value)``; True when some policy's view may have changed.
+        ``changed_paths``, when given, receives the paths of the writes that may have."""
         changed = False
         if self.timestamp_ids:
             view, stamps = state.view, state.stamps
+            in_order = not stamps or max(stamps.values()) <= timestamp_ms
             for path, value in leaves:
-                if write_timestamp_view(view, stamps, path, timestamp_ms, value):
+                if write_timestamp_view(view, stamps, path, timestamp_ms, value, in_order):
                     changed = True
+                    if changed_paths is not None:
+                        changed_paths.append(path)
         if self.precedence:
             bucket = dataset_id if dataset_id in self._bucketed else None
             paths = state.datasets.get(bucket)
@@ -210,6 +229,8 @@ class MergePolicies:
             for path, value in leaves:
                 if _store(paths, path, (timestamp_ms, seq, value)):
                     changed = True
+                    if changed_paths is not None:
+                        changed_paths.append(path)
         return changed
 
     def views(self, state) -> Dict[str, dict]:

@@ -68,15 +68,16 @@ class ProfileState:
         policies.record(state, leaves, None, snapshot.timestamp_ms, 0)
         return state
 
-    def apply(self, update: ProfileUpdate, policies: MergePolicies,
-              keep_events: bool) -> Tuple[List[Tuple[str, Any]], bool, bool, bool]:
+    def apply(self, update: ProfileUpdate, policies: MergePolicies, keep_events: bool,
+              changed_paths: Optional[List[str]] = None) -> Tuple[List[Tuple[str, Any]], bool, bool, bool]:
         """Apply one update; returns the attribute writes ``(path, value)``, whether a view may
-        have changed, whether the identity map changed and whether an event was kept (only
-        when some rule reads events)."""
+        have changed (``changed_paths``, when given, receives the paths of those writes),
+        whether the identity map changed and whether an event was kept (only when some rule
+        reads events)."""
         self.seq += 1
         leaves = attribute_leaves(update.attributes) if update.attributes else []
         views_changed = bool(leaves) and policies.record(self, leaves, update.dataset_id,
-                                                         update.timestamp_ms, self.seq)
+                                                         update.timestamp_ms, self.seq, changed_paths)
         identities_changed = (merge_identities(self.identities, update.identities,
                                                update.identity_removals)
                               if update.identities or update.identity_removals else False)

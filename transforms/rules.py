@@ -673,6 +673,18 @@ def _event_window(cond) -> Optional[int]:
     return None
 
 
+def _view_paths(node) -> frozenset:
+    """The dotted attribute paths a rule reads from the profile view (event fields excluded)."""
+    t = type(node)
+    if t is And or t is Or:
+        return _view_paths(node.left) | _view_paths(node.right)
+    if t is Not:
+        return _view_paths(node.operand)
+    if t in (Compare, InList, StringFn, IsNull):
+        return frozenset((".".join(node.path),))
+    return frozenset()   # InSegment, Events (their paths are event fields)
+
+
 def _reads_now(node) -> bool:
     """Whether ``now`` is compared outside ``occurs`` windows (no timers cover that)."""
     return any((type(n) is Compare and n.lit.kind == "now")
@@ -686,10 +698,12 @@ class AudienceRule:
     closure itself (no method dispatch, no AST walk); pickles as its text, recompiled.
     ``window_ms``: how long events matter (0: the rule reads no events; None: some event part
     keeps events of any age, e.g. no ``occurs <``/``<=`` bound, or one under ``or``/``not``).
-    ``reads_now``: ``now`` is compared outside ``occurs`` (no timers for that)."""
+    ``reads_now``: ``now`` is compared outside ``occurs`` (no timers for that).
+    ``view_paths``: the dotted attribute paths the rule reads from the view (a write elsewhere
+    cannot change its result)."""
 
     __slots__ = ("audience_id", "text", "node", "segment_refs", "uses_events", "window_ms",
-                 "reads_now", "evaluate", "_windows", "_vectorized")
+                 "reads_now", "view_paths", "evaluate", "_windows", "_vectorized")
 
     def __init__(self, audience_id: str, text: str, node):
         self.audience_id = audience_id
@@ -703,6 +717,7 @@ class AudienceRule:
         windows = [_event_window(n.cond) if n.cond is not None else None for n in event_nodes]
         self.window_ms = 0 if not windows else (None if None in windows else max(windows))
         self.reads_now = _reads_now(node)
+        self.view_paths = _view_paths(node)
         # (time getter, entering/leaving offsets from t) of each `occurs` condition
         self._windows = tuple((_getter(n.path), _CHANGE_OFFSETS[n.op](n.window_ms))
                               for n in nodes if type(n) is Occurs)
