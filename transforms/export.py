@@ -3,8 +3,10 @@
 One stateful DoFn keyed by profileId with one ``ReadModifyWriteState`` cell (the whole
 ``ProfileState``, ``ProfileStateCoder``) and, only when some rule reads events, one event-time
 timer: each state cell or timer costs the DirectRunner a per-key, per-bundle price (SPEC 9).
-Records are stamped with the time of the update or time change that produced them (also their
-``event_time_ms``). Metrics (namespace ``export``): ``updates``, ``records``, ``exports_audience``
+A record keeps the element timestamp of what produced it: its update (the readers stamp each
+update with its own time) or its timer; a time-window change caught up by a later update goes
+out with that update's timestamp. (Re-stamping each record with its ``event_time_ms`` cost the
+DirectRunner ~10% of streaming throughput.) Metrics (namespace ``export``): ``updates``, ``records``, ``exports_audience``
 / ``_identity`` / ``_attribute`` (records by trigger), ``exits``, ``timers_fired``, and the
 ``state_bytes`` distribution (one state write in ``STATE_BYTES_SAMPLE``).
 
@@ -37,7 +39,6 @@ from apache_beam.coders import coders
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
-from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from transforms import profile_state
@@ -255,7 +256,7 @@ class _ExportProfileChangesFn(beam.DoFn):
             for _, status, _ in plan.ups:
                 if status == EXITED:
                     counts["exits"] += 1
-            yield TimestampedValue(record, Timestamp(micros=record.event_time_ms * 1000))
+            yield record
 
 
 class _TimedExportProfileChangesFn(_ExportProfileChangesFn):
