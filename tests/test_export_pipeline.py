@@ -87,7 +87,8 @@ NEW_MEMBERS = [f"p-new{i}" for i in range(5)]
 
 SEEDS = [SnapshotProfile(pid, T0 - D, {"email": (pid + "@x",)}, DELOREAN,
                          {"aud-delorean": SegmentStatus(R, T0 - 2 * D), "aud-unknown": SegmentStatus(R, 1)})
-         for pid in SEED_MEMBERS]
+         for pid in SEED_MEMBERS] + [
+    SnapshotProfile("p-m000", T0 - 3 * D, {}, TESLA, {})]   # an older row of the same profile: the newest wins
 
 UPDATES = (
     # incremental over 100 seeded members: unmapped writes export nothing, 5 new members do

@@ -31,6 +31,7 @@ Dataflow and Flink look large side inputs up per key from their materialization.
 from __future__ import annotations
 
 import collections
+import operator
 import threading
 from typing import Any, Iterator, List, Optional, Tuple
 
@@ -99,6 +100,7 @@ class ProfileStateCoder(coders.Coder):
 
 
 beam.coders.registry.register_coder(ProfileState, ProfileStateCoder)
+_SNAPSHOT_TIME = operator.attrgetter("timestamp_ms")
 
 
 class ProfileExporter:
@@ -232,7 +234,8 @@ class _ExportProfileChangesFn(beam.DoFn):
         self._counts["updates"] += 1
         state = profile.read()
         if state is None:
-            snapshot = seeds.get(key) if seeds else None
+            found = list(seeds[key]) if seeds is not None else ()
+            snapshot = max(found, key=_SNAPSHOT_TIME) if found else None   # the newest row wins
             state = self._exporter.seed(snapshot) if snapshot is not None else ProfileState()
         armed = state.timer_ms
         out = self._exporter.update(key, state, update)
@@ -297,7 +300,9 @@ class ExportProfileChanges(beam.PTransform):
         keyed = updates | "KeyByProfile" >> beam.Map(lambda u: (u.profile_id, u)).with_output_types(Tuple[str, Any])
         side = {}
         if self._seed is not None:
-            side["seeds"] = beam.pvalue.AsDict(
+            # a multimap side input is looked up per key on portable runners (AsDict would
+            # load the whole snapshot into every worker)
+            side["seeds"] = beam.pvalue.AsMultiMap(
                 self._seed | "KeySeedByProfile" >> beam.Map(lambda s: (s.profile_id, s)).with_output_types(Tuple[str, Any]))
         timed = AudienceSet.from_config(self._config).event_retention_ms != 0
         fn = (_TimedExportProfileChangesFn if timed else _ExportProfileChangesFn)(self._config, self._until_ms)
