@@ -12,12 +12,12 @@ import subprocess
 import sys
 import time
 
-from bench.common import machine
+from bench.common import machine, timed_process
 
 FULL = {"rules": ["--profiles", "200000"], "backfill": [1_000_000], "scaling": [100_000, 300_000], "streaming": ["--updates", "50000", "--profiles", "10000"],
-        "latency": ["--rate", "200", "--seconds", "20"], "sink": ["--records", "100000"]}
+        "memory": [100_000, 300_000, 1_000_000], "latency": ["--rate", "200", "--seconds", "20"], "sink": ["--records", "100000"]}
 QUICK = {"rules": ["--profiles", "50000", "--repeat", "1"], "backfill": [200_000], "scaling": [100_000], "streaming": ["--updates", "10000", "--profiles", "2000", "--repeat", "1"],
-         "latency": ["--rate", "200", "--seconds", "5"], "sink": ["--records", "20000", "--repeat", "1"]}
+         "memory": [20_000, 50_000], "latency": ["--rate", "200", "--seconds", "5"], "sink": ["--records", "20000", "--repeat", "1"]}
 
 
 def run_module(module: str, *args) -> list:
@@ -25,6 +25,12 @@ def run_module(module: str, *args) -> list:
     if proc.returncode != 0:
         raise SystemExit(f"{module} failed:\n{proc.stderr[-3000:]}")
     return [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
+
+
+def streaming_memory_run(profiles: int) -> dict:
+    _, rss_mb, proc = timed_process([sys.executable, "-m", "bench.streaming_bench", "--memory", str(profiles)])
+    row = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")][-1]
+    return {**row, "peak_rss_mb": rss_mb}
 
 
 def fmt(value, unit=""):
@@ -54,6 +60,29 @@ def streaming_verdict(s: dict) -> str:
         "re-evaluating would), in-order writes take a fast path, and state is one cell written once per "
         "update. What is left is CPython work spread over many small steps, not one hot spot; the next step "
         "would be a compiled (Cython/mypyc) core, which this project's dependency rules do not allow yet.")
+
+
+def streaming_memory(rows: list, s: dict) -> list:
+    """The streaming memory scaling table, and the growth per profile between its ends."""
+    lines = [
+        "Scaling of streaming memory: `python -m bench.streaming_bench --memory N` (N updates over N "
+        "profile ids, one whole process; the DirectRunner keeps keyed state in process memory):",
+        "",
+        "| profiles updated | profiles with state | records | wall s | peak RSS MiB |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(f"| {fmt(row['profiles'])} | {fmt(row['profiles_with_state'])} | {fmt(row['records'])} | "
+                     f"{fmt(row['wall_s'])} | {fmt(row['peak_rss_mb'])} |")
+    first, last = rows[0], rows[-1]
+    held = last["profiles_with_state"] - first["profiles_with_state"]
+    if held > 0:
+        per_profile = round((last["peak_rss_mb"] - first["peak_rss_mb"]) * 2**20 / held)
+        lines += ["", f"Growth from the smallest to the largest run: {fmt(per_profile)} bytes of process memory "
+                      f"per profile held on the DirectRunner, which keeps each key's state encoded "
+                      f"({fmt(s.get('state_bytes_per_profile_mean'))} bytes per profile, what Flink's RocksDB "
+                      "or Dataflow store too) inside its own per-key tables of Python objects."]
+    return lines
 
 
 def document(results: dict, quick: bool, seconds: float) -> str:
@@ -90,16 +119,15 @@ def document(results: dict, quick: bool, seconds: float) -> str:
         "runner start-up) and the rest is vectorized evaluation and string building over record "
         "batches; there is no Python object per record or attribute on the file path.",
         "",
-        "Scaling (backfill wall time; streaming state is held per profile, so its memory grows "
-        "linearly with profiles at the state size measured below):",
+        "Scaling of the backfill:",
         "",
-        "| profiles | backfill wall s | DuckDB s | ratio | backfill peak RSS MiB | streaming state (model) |",
-        "|---|---|---|---|---|---|",
+        "| profiles | backfill wall s | DuckDB s | ratio | backfill peak RSS MiB |",
+        "|---|---|---|---|---|",
     ]
-    state_bytes = s.get("state_bytes_per_profile_mean") or 0
     for row in results["scaling"] + [b]:
         lines.append(f"| {fmt(row['profiles'])} | {fmt(row['wall_s'])} | {fmt(row['duckdb_wall_s'])} | {fmt(row['ratio'])} | "
-                     f"{fmt(row['peak_rss_mb'])} | {fmt(round(row['profiles'] * state_bytes / 2**20))} MiB |")
+                     f"{fmt(row['peak_rss_mb'])} |")
+    lines += ["", *streaming_memory(results["memory"], s)]
     lines += [
         "",
         "## Streaming",
@@ -156,6 +184,7 @@ def document(results: dict, quick: bool, seconds: float) -> str:
         f"python -m bench{' --quick' if quick else ''}          # this document",
         "python -m bench.backfill_bench --profiles 1000000",
         "python -m bench.streaming_bench",
+        "python -m bench.streaming_bench --memory 1000000   # under /usr/bin/time -f %M for the peak RSS",
         "python -m bench.latency_bench --rate 200 --seconds 20",
         "python -m bench.sink_bench --records 100000",
         "python -m bench.rules_bench          # rule evaluators, per profile and vectorized",
@@ -178,6 +207,7 @@ def main(argv=None) -> int:
     results["scaling"] = [run_module("bench.backfill_bench", "--profiles", n)[-1] for n in plan["scaling"]]
     print("streaming ...", file=sys.stderr, flush=True)
     results["streaming"] = run_module("bench.streaming_bench", *plan["streaming"])[-1]
+    results["memory"] = [streaming_memory_run(n) for n in plan["memory"]]
     print("latency ...", file=sys.stderr, flush=True)
     results["latency"] = run_module("bench.latency_bench", *plan["latency"])[-1]
     print("sink ...", file=sys.stderr, flush=True)

@@ -103,12 +103,33 @@ def _run(build) -> Tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
+def memory_run(profiles: int) -> dict:
+    """One export pipeline over ``profiles`` updates spread over as many profile ids, for a
+    parent that measures this process's peak RSS (``--memory``): how the runner's keyed state
+    grows with the number of profiles."""
+    seconds, result = _run(lambda p: _source(p, profiles, profiles)
+                           | ExportProfileChanges(CONFIG, until_ms=T0 + profiles * 1000)
+                           | "Discard" >> beam.Map(lambda r: None))
+    counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
+    with_state = len({u.profile_id for chunk in range((profiles + CHUNK - 1) // CHUNK)
+                      for u in generate(chunk, profiles, profiles)})
+    return {"profiles": profiles, "updates": profiles, "profiles_with_state": with_state,
+            "records": counters.get("records"), "wall_s": round(seconds, 2)}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--updates", type=int, default=50_000)
     parser.add_argument("--profiles", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3, help="alternating runs; the best of each counts")
+    parser.add_argument("--memory", type=int, metavar="PROFILES",
+                        help="only the export pipeline over PROFILES updates and profile ids (peak RSS is "
+                             "measured by the caller)")
     args = parser.parse_args(argv)
+    if args.memory:
+        report = memory_run(args.memory)
+        print(json.dumps(report))
+        return report
     n, k = args.updates, args.profiles
 
     baseline_s = export_s = source_s = float("inf")

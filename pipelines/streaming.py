@@ -7,9 +7,9 @@ SOURCE is a JSONL/Avro path or glob (bounded replay: the job ends when the input
 ``watch:DIR`` (new files read as they land) or ``kinesis:STREAM`` (every shard of an input
 stream). Without ``--runner``, a bounded replay runs on the ``BundleBasedDirectRunner`` (keyed
 state is several times faster there than on the FnApiRunner, SPEC 9), and an unbounded source on
-the ``DirectRunner``, the local runner that executes splittable sources. Locally, the records an
-unbounded source reads reach the export when it stops (``--stop_after_s``), since the local batch
-engine runs stage after stage; Flink and Dataflow stream them as they come.
+the ``DirectRunner``, the local runner that executes splittable sources: on Prism (when it can be
+downloaded) records stream as they come; on its offline fallback, the batch engine, they reach the
+export when the source stops (``--stop_after_s``). Flink and Dataflow stream them as they come.
 """
 from __future__ import annotations
 
