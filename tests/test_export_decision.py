@@ -64,4 +64,4 @@ def test_decide(before, after, ids, attrs, expected):
     ([], False),
 ])
 def test_attribute_written(paths, written):
-    assert DECIDER.attribute_written(paths) is written
+    assert DECIDER.mapped_attributes.any(paths) is written

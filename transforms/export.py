@@ -153,8 +153,7 @@ class ProfileExporter:
         if timer is not None and timer < now:
             self.catch_up(key, state, now, out)
             timer = state.timer_ms
-        changed: List[str] = []
-        leaves, _, identities_changed, event_added = state.apply(update, self.policies, self.timed, changed)
+        leaves, changed, identities_changed, event_added = state.apply(update, self.policies, self.timed)
         attribute_written = bool(leaves) and self.mapped_attributes.any([p for p, _ in leaves])
         evaluated = state.evaluated_ms
         if evaluated is None or event_added or self.reads_now \

@@ -69,11 +69,8 @@ class ExportDecider:
         for a in config.audiences:
             self._policy_audiences[a.merge_policy] = self._policy_audiences.get(a.merge_policy, ()) + (a.id,)
         self._policy_order = {p.id: i for i, p in enumerate(config.merge_policies)}
+        # whether a written path is at, under or above a mapped attribute path
         self.mapped_attributes = PathMatcher(config.mapping.attributes)
-
-    def attribute_written(self, paths: Iterable[str]) -> bool:
-        """Whether any written path is at, under or above a mapped attribute path."""
-        return self.mapped_attributes.any(paths)
 
     def decide(self, before: Mapping[str, int], after: Mapping[str, int], now_ms: int,
                identities_changed: bool = False, attribute_written: bool = False

@@ -68,22 +68,22 @@ class ProfileState:
         policies.record(state, leaves, None, snapshot.timestamp_ms, 0)
         return state
 
-    def apply(self, update: ProfileUpdate, policies: MergePolicies, keep_events: bool,
-              changed_paths: Optional[List[str]] = None) -> Tuple[List[Tuple[str, Any]], bool, bool, bool]:
-        """Apply one update; returns the attribute writes ``(path, value)``, whether a view may
-        have changed (``changed_paths``, when given, receives the paths of those writes),
-        whether the identity map changed and whether an event was kept (only when some rule
-        reads events)."""
+    def apply(self, update: ProfileUpdate, policies: MergePolicies,
+              keep_events: bool) -> Tuple[List[Tuple[str, Any]], List[str], bool, bool]:
+        """Apply one update; returns the attribute writes ``(path, value)``, the paths of those
+        that may have changed a view, whether the identity map changed and whether an event was
+        kept (only when some rule reads events)."""
         self.seq += 1
         leaves = attribute_leaves(update.attributes) if update.attributes else []
-        views_changed = bool(leaves) and policies.record(self, leaves, update.dataset_id,
-                                                         update.timestamp_ms, self.seq, changed_paths)
+        changed_paths: List[str] = []
+        if leaves:
+            policies.record(self, leaves, update.dataset_id, update.timestamp_ms, self.seq, changed_paths)
         identities_changed = (merge_identities(self.identities, update.identities,
                                                update.identity_removals)
                               if update.identities or update.identity_removals else False)
         event = update.event
         if event is None or not keep_events:
-            return leaves, views_changed, identities_changed, False
+            return leaves, changed_paths, identities_changed, False
         if "timestamp" not in event:
             event = {**event, "timestamp": update.timestamp_ms}
         events = self.events
@@ -91,7 +91,7 @@ class ProfileState:
             events.append(event)
         else:
             bisect.insort(events, event, key=_EVENT_TIME)
-        return leaves, views_changed, identities_changed, True
+        return leaves, changed_paths, identities_changed, True
 
     def prune_events(self, now_ms: int, retention_ms: Optional[int], max_events: int) -> None:
         """Drop events older than ``now_ms - retention_ms`` (``None``: no time limit), then the

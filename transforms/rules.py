@@ -647,15 +647,16 @@ def compile_node(node) -> Evaluator:
 
 # ---- analysis --------------------------------------------------------------------------------
 
-def walk(node):
-    """Every node of a tree, depth first."""
+def walk(node, into_events: bool = True):
+    """Every node of a tree, depth first (``into_events=False``: not inside event conditions,
+    whose paths are event fields)."""
     yield node
     if isinstance(node, (And, Or)):
-        yield from walk(node.left)
-        yield from walk(node.right)
+        yield from walk(node.left, into_events)
+        yield from walk(node.right, into_events)
     elif isinstance(node, Not):
-        yield from walk(node.operand)
-    elif isinstance(node, Events) and node.cond is not None:
+        yield from walk(node.operand, into_events)
+    elif into_events and isinstance(node, Events) and node.cond is not None:
         yield from walk(node.cond)
 
 
@@ -671,18 +672,6 @@ def _event_window(cond) -> Optional[int]:
         a, b = _event_window(cond.left), _event_window(cond.right)
         return None if a is None or b is None else max(a, b)
     return None
-
-
-def _view_paths(node) -> frozenset:
-    """The dotted attribute paths a rule reads from the profile view (event fields excluded)."""
-    t = type(node)
-    if t is And or t is Or:
-        return _view_paths(node.left) | _view_paths(node.right)
-    if t is Not:
-        return _view_paths(node.operand)
-    if t in (Compare, InList, StringFn, IsNull):
-        return frozenset((".".join(node.path),))
-    return frozenset()   # InSegment, Events (their paths are event fields)
 
 
 def _reads_now(node) -> bool:
@@ -717,7 +706,8 @@ class AudienceRule:
         windows = [_event_window(n.cond) if n.cond is not None else None for n in event_nodes]
         self.window_ms = 0 if not windows else (None if None in windows else max(windows))
         self.reads_now = _reads_now(node)
-        self.view_paths = _view_paths(node)
+        self.view_paths = frozenset(".".join(n.path) for n in walk(node, into_events=False)
+                                    if type(n) in (Compare, InList, StringFn, IsNull))
         # (time getter, entering/leaving offsets from t) of each `occurs` condition
         self._windows = tuple((_getter(n.path), _CHANGE_OFFSETS[n.op](n.window_ms))
                               for n in nodes if type(n) is Occurs)
