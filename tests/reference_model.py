@@ -125,6 +125,13 @@ def _counts_for(written: Tuple[str, ...], mapped: Tuple[str, ...]) -> bool:
     return written[:n] == mapped[:n]
 
 
+class _Segments:
+    """What ``inSegment`` reads (``segments.get(id, False)``), answered by evaluating that audience."""
+
+    def __init__(self, member):
+        self.get = member
+
+
 class ReferenceProfile:
     """One profile's export, update by update: ``update`` and ``finish`` return the records."""
 
@@ -173,27 +180,23 @@ class ReferenceProfile:
         return [e for _, _, e in newest]
 
     def members(self, now: int) -> set:
+        """The audiences the profile is realized in at ``now``; ``inSegment`` asks on demand."""
         views = {pid: self.view(pid) for pid in self.policy_order}
         events = self.visible_events()
         results: Dict[str, bool] = {}
-        reference = self
 
-        class Segments:
-            def get(self, audience_id, default=False):
-                return reference_member(audience_id)
-
-        def reference_member(audience_id):
+        def member(audience_id: str, default: bool = False) -> bool:
             if audience_id not in results:
-                a = reference.audiences[audience_id]
-                if a.id in reference.rules:
-                    results[a.id] = bool(reference.rules[a.id].evaluate(
-                        views[a.merge_policy], events, now, Segments()))
+                a = self.audiences[audience_id]
+                if a.id in self.rules:
+                    results[a.id] = bool(self.rules[a.id].evaluate(views[a.merge_policy], events, now, segments))
                 else:
-                    namespace, values = reference.uploads[a.id]
-                    results[a.id] = any(i in values for i in reference.identities.get(namespace, ()))
+                    namespace, values = self.uploads[a.id]
+                    results[a.id] = any(i in values for i in self.identities.get(namespace, ()))
             return results[audience_id]
 
-        return {a.id for a in self.config.audiences if reference_member(a.id)}
+        segments = _Segments(member)
+        return {aid for aid in self.audiences if member(aid)}
 
     # ---- time ------------------------------------------------------------------------
 
