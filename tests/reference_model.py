@@ -1,8 +1,8 @@
 """A slow, independent model of what the streaming export emits for one profile, for tests.
 
-Written from the project's documentation of the export (README: "What a record looks like",
-"Decisions where the SPEC is silent"; the rule semantics of ``transforms.rules``), not from the
-exporter. It reuses only the rule evaluator (``compile_rule(...).evaluate``); merge policies,
+Written from the project's documentation of the export (the README's record, trigger and
+merge rules and the decisions it writes down; the rule semantics of ``transforms.rules``), not
+from the exporter. It reuses only the rule evaluator (``compile_rule(...).evaluate``); merge policies,
 identities, event history, statuses, triggers and record data are rebuilt here, the plainest
 way: every view is recomputed from the full list of writes on every evaluation, and every
 update is evaluated. So it shares no code with ``ProfileState``, ``merge``, ``export_decision``,
