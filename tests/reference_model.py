@@ -27,9 +27,11 @@ The rules it implements:
 - Evaluation time: an update is evaluated at ``max(its timestamp, the last evaluation time)``.
   Time-window changes: before an update stamped ``T`` (and at the end of input), the profile
   is evaluated at every instant strictly between the last evaluation time and ``T`` at which
-  an event enters or leaves a window (event time ``t`` plus ``0``, ``W`` or ``W + 1`` for
-  every window ``W`` of the rules; extra instants are harmless: nothing changes there), never
-  after ``until`` when it is given.
+  an event enters or leaves a window, never after ``until`` when it is given. With
+  ``age = now - t`` for an event at ``t``, ``<= W`` holds for ``0 <= age <= W``: the event
+  enters at ``t`` and leaves at ``t + W + 1``; ``< W``: ``t`` and ``t + W``; ``>= W`` enters at
+  ``t + W``; ``> W`` at ``t + W + 1``. Rules comparing with ``now`` outside windows get no
+  such instants (they are evaluated at updates and at those instants only).
 - Statuses per audience: ``realized`` (since the evaluation time that made it so), ``exited``
   (at the evaluation time that made it so), or none. Changed: the mapped audiences whose
   status changed. Triggers, with the statuses after the update: (a) a changed mapped audience
@@ -56,7 +58,8 @@ from transforms.config import ExportConfig
 from transforms.model import ProfileUpdate
 from transforms.rules import compile_rule
 
-_OCCURS = re.compile(r"occurs\s*(?:<=|<|>=|>)\s*(\d+)\s*(minutes|hours|days)")
+_OCCURS = re.compile(r"occurs\s*(<=|<|>=|>)\s*(\d+)\s*(minutes|hours|days)")
+_WINDOW_CHANGES = {"<=": lambda w: (0, w + 1), "<": lambda w: (0, w), ">=": lambda w: (w,), ">": lambda w: (w + 1,)}
 _UNIT_MS = {"minutes": 60_000, "hours": 3_600_000, "days": 86_400_000}
 _TRIGGER_KINDS = ("audience", "identity", "attribute")
 
@@ -147,8 +150,9 @@ class ReferenceProfile:
                 with open(a.upload.path, newline="", encoding="utf-8") as f:
                     values = {row[a.upload.column].strip() for row in csv.DictReader(f)}
                 self.uploads[a.id] = (a.upload.namespace, values - {""})
-        self.windows = {int(n) * _UNIT_MS[unit] for a in config.audiences if a.rule
-                        for n, unit in _OCCURS.findall(a.rule)}
+        self.window_changes = {offset for a in config.audiences if a.rule
+                               for op, n, unit in _OCCURS.findall(a.rule)
+                               for offset in _WINDOW_CHANGES[op](int(n) * _UNIT_MS[unit])}
         self.mapped = {m.id: m for m in config.mapping.audiences}
         self.mapped_paths = [tuple(p.split(".")) for p in config.mapping.attributes]
         self.policies = {p.id: p for p in config.merge_policies}
@@ -174,15 +178,15 @@ class ReferenceProfile:
                 _set(view, path, value)
         return view
 
-    def visible_events(self) -> List[dict]:
+    def visible_events(self) -> List[Tuple[int, int, dict]]:
+        """The newest ``max_events_per_profile`` events, oldest first."""
         keep = self.config.evaluation.max_events_per_profile
-        newest = sorted(self.events, key=lambda e: (e[0], e[1]))[-keep:] if keep else []
-        return [e for _, _, e in newest]
+        return sorted(self.events, key=lambda e: (e[0], e[1]))[-keep:] if keep else []
 
     def members(self, now: int) -> set:
         """The audiences the profile is realized in at ``now``; ``inSegment`` asks on demand."""
         views = {pid: self.view(pid) for pid in self.policy_order}
-        events = self.visible_events()
+        events = [e for _, _, e in self.visible_events()]
         results: Dict[str, bool] = {}
 
         def member(audience_id: str, default: bool = False) -> bool:
@@ -201,7 +205,7 @@ class ReferenceProfile:
     # ---- time ------------------------------------------------------------------------
 
     def _window_instants(self) -> List[int]:
-        return sorted({t + offset for t, _, _ in self.events for w in self.windows for offset in (0, w, w + 1)})
+        return sorted({t + offset for t, _, _ in self.visible_events() for offset in self.window_changes})
 
     def _timers(self, before_ms: Optional[int]) -> List[ReferenceRecord]:
         """Evaluate at every window instant after the clock, before ``before_ms`` (None: no

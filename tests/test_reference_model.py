@@ -213,7 +213,8 @@ VALUES = {"vehicle": [{"make": "DeLorean"}, {"make": "Tesla"}, {"make": None}, N
           "tier": ["gold", "silver", None],
           "other": [{"mapped": 1}, {"unmapped": 2}, {"mapped": {"deep": [1, "z"]}}, None],
           "person": [{"name": {"lastName": "Doe"}}, {"birthDate": "1985-10-26"}, {"name": None}, None],
-          "unread": [1, 2, {"deep": 3}]}
+          "unread": [1, 2, {"deep": 3}],
+          "seen": ["2024-05-03T00:00:00Z", "2024-05-09T12:00:00Z", T0 + 5 * D, None]}
 
 
 def stream_config(tmp_path, seed):
@@ -230,9 +231,12 @@ def stream_config(tmp_path, seed):
                             "mp-crm"),
                    audience("crm-fans", "interests.scifi = true", "mp-crm"),
                    AudienceDefinition("vip", "vip", "mp-default",
-                                      upload=UploadSource(str(upload), "email", "email"))),
+                                      upload=UploadSource(str(upload), "email", "email")))
+        # a rule reading `now` outside windows (evaluated on every update) in some streams only
+        + ((audience("fresh", "seen > now"),) if seed % 5 == 0 else ()),
         mapped=(MappedAudience("make", 1, 2), MappedAudience("deep"), MappedAudience("buyers"),
-                MappedAudience("crm"), MappedAudience("recent", 3), MappedAudience("vip")),
+                MappedAudience("crm"), MappedAudience("recent", 3), MappedAudience("vip"))
+        + ((MappedAudience("fresh"),) if seed % 5 == 0 else ()),
         policies=(MergePolicyConfig("mp-default", "timestamp_ordered", default=True),
                   MergePolicyConfig("mp-crm", "dataset_precedence", datasets=("crm", "web"))),
         attributes=("person.name.firstName", "name", "a.d", "other.mapped", "person.birthDate",
