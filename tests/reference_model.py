@@ -32,6 +32,9 @@ The rules it implements:
   enters at ``t`` and leaves at ``t + W + 1``; ``< W``: ``t`` and ``t + W``; ``>= W`` enters at
   ``t + W``; ``> W`` at ``t + W + 1``. Rules comparing with ``now`` outside windows get no
   such instants (they are evaluated at updates and at those instants only).
+- A seed (a snapshot row) gives the starting writes (at the row's timestamp), identities and
+  ``realized`` statuses (``existing`` included) of configured audiences: known members are not
+  announced again, their exits are.
 - Statuses per audience: ``realized`` (since the evaluation time that made it so), ``exited``
   (at the evaluation time that made it so), or none. Changed: the mapped audiences whose
   status changed. Triggers, with the statuses after the update: (a) a changed mapped audience
@@ -55,7 +58,7 @@ import re
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from transforms.config import ExportConfig
-from transforms.model import ProfileUpdate
+from transforms.model import ProfileUpdate, SnapshotProfile
 from transforms.rules import compile_rule
 
 _OCCURS = re.compile(r"occurs\s*(<=|<|>=|>)\s*(\d+)\s*(minutes|hours|days)")
@@ -138,7 +141,8 @@ class _Segments:
 class ReferenceProfile:
     """One profile's export, update by update: ``update`` and ``finish`` return the records."""
 
-    def __init__(self, config: ExportConfig, profile_id: str, until_ms: Optional[int] = None):
+    def __init__(self, config: ExportConfig, profile_id: str, until_ms: Optional[int] = None,
+                 seed: Optional[SnapshotProfile] = None):
         self.config = config
         self.profile_id = profile_id
         self.until_ms = until_ms
@@ -164,6 +168,18 @@ class ReferenceProfile:
         self.status: Dict[str, Tuple[str, int]] = {}     # audience -> (status, time)
         self.clock: Optional[int] = None
         self.arrivals = 0
+        if seed is not None:
+            self._start_from(seed)
+
+    def _start_from(self, seed: SnapshotProfile) -> None:
+        """A snapshot row: its attributes are writes at its timestamp, its identities held, its
+        known memberships of configured audiences (``existing`` is ``realized``) the statuses;
+        the evaluation time starts with the first update."""
+        self.writes = [_Write(seed.timestamp_ms, 0, None, path, value)
+                       for path, value in _leaves(dict(seed.attributes)) if value is not None]
+        self._add_identities(seed.identities)
+        self.status = {aid: ("realized", s.last_qualification_ms) for aid, s in seed.segment_membership.items()
+                       if aid in self.audiences and s.status in ("realized", "existing")}
 
     # ---- the profile -----------------------------------------------------------------
 
@@ -230,10 +246,7 @@ class ReferenceProfile:
         for path, value in leaves:
             self.writes.append(_Write(update.timestamp_ms, self.arrivals, update.dataset_id, path, value))
         before = {ns: list(ids) for ns, ids in self.identities.items()}
-        for ns, ids in update.identities.items():
-            for i in ids:
-                if i not in self.identities.get(ns, []):
-                    self.identities.setdefault(ns, []).append(i)
+        self._add_identities(update.identities)
         for ns, ids in update.identity_removals.items():
             held = self.identities.get(ns, [])
             for i in ids:
@@ -249,6 +262,12 @@ class ReferenceProfile:
         attribute_written = any(_counts_for(path, m) for path, _ in leaves for m in self.mapped_paths)
         out.extend(self._evaluate(self.clock, self.identities != before, attribute_written))
         return out
+
+    def _add_identities(self, added) -> None:
+        for ns, ids in added.items():
+            for i in ids:
+                if i not in self.identities.get(ns, []):
+                    self.identities.setdefault(ns, []).append(i)
 
     def finish(self) -> List[ReferenceRecord]:
         """End of input: the window changes due by ``until`` (all of them without it)."""

@@ -4,7 +4,7 @@ First, literal scenarios: records written out by hand from the documented rules,
 reference and the product must produce. Then a property test: random update streams (out of
 order and tied times, writes above and below rule paths, deletes, identities added and removed,
 events in and out of windows, an upload audience, both merge policies, with and without
-``until``) go through the product's per-profile exporter and through the reference; the records
+``until``, some from a seed snapshot) go through the product's per-profile exporter and through the reference; the records
 (partition key, merge policy, triggers, data with its key order) must be identical.
 """
 import copy
@@ -18,7 +18,7 @@ from tests.reference_model import ReferenceProfile
 from transforms.audiences import AudienceSet
 from transforms.config import AudienceDefinition, MappedAudience, MergePolicyConfig, UploadSource
 from transforms.export import ProfileExporter
-from transforms.model import ProfileUpdate
+from transforms.model import ProfileUpdate, SegmentStatus, SnapshotProfile
 from transforms.profile_state import ProfileState
 
 H, D = 3_600_000, 86_400_000
@@ -41,10 +41,10 @@ def canonical(value):
     return type(value).__name__, value
 
 
-def product_records(config, profile_id, updates, until=None):
+def product_records(config, profile_id, updates, until=None, seed=None):
     """``(partition key, policy, triggers, canonical data)`` of the product, end of input included."""
     exporter = ProfileExporter(config, AudienceSet.from_config(config), until)
-    state, out = ProfileState(), []
+    state, out = (ProfileState() if seed is None else exporter.seed(seed)), []
     for update in copy.deepcopy(updates):
         out.extend(exporter.update(profile_id, state, update))
     out.extend(exporter.catch_up(profile_id, state, END_OF_TIME if until is None else until + 1))
@@ -52,8 +52,8 @@ def product_records(config, profile_id, updates, until=None):
              canonical(json.loads(record.data, object_pairs_hook=_Object))) for record, plan in out]
 
 
-def reference_records(config, profile_id, updates, until=None):
-    reference = ReferenceProfile(config, profile_id, until)
+def reference_records(config, profile_id, updates, until=None, seed=None):
+    reference = ReferenceProfile(config, profile_id, until, seed)
     out = []
     for update in copy.deepcopy(updates):
         out.extend(reference.update(update))
@@ -259,18 +259,30 @@ def random_update(rng, profile_id, t):
     return ProfileUpdate(profile_id, t, rng.choice([None, "crm", "web", "other"]), ids, removals, attributes, event)
 
 
+def random_snapshot(rng, profile_id):
+    """A seed row: attributes (nulls are absent values), identities and known memberships."""
+    attributes = {k: rng.choice(VALUES[k]) for k in rng.sample(sorted(VALUES), rng.randint(1, 4))}
+    statuses = {"make": "realized", "vip": "existing", "crm": "realized", "deep": "exited",
+                "recent": "realized", "not-configured": "realized"}
+    membership = {aud: SegmentStatus(status, T0 - rng.randint(1, 5) * D)
+                  for aud, status in statuses.items() if rng.random() < 0.5}
+    return SnapshotProfile(profile_id, T0 + rng.choice([-D, 0, H]), {"email": ("a@x.io", "c@x.io")},
+                           attributes, membership)
+
+
 @pytest.mark.parametrize("seed", range(100))
 def test_exporter_matches_reference(tmp_path, seed):
     rng = random.Random(seed)
     cfg = stream_config(tmp_path, seed)
     profile_id = "p" * 300 if seed % 10 == 7 else "p-1"
     until = T0 + 12 * D if seed % 2 else None
+    snapshot = random_snapshot(rng, profile_id) if seed % 4 == 3 else None
     t, updates = T0, []
     for _ in range(60):
         t += rng.choice([-D, -H, 0, 0, 1, H, D, 2 * D])        # out of order and ties too
         updates.append(random_update(rng, profile_id, t))
-    want = reference_records(cfg, profile_id, updates, until)
-    got = product_records(cfg, profile_id, updates, until)
+    want = reference_records(cfg, profile_id, updates, until, snapshot)
+    got = product_records(cfg, profile_id, updates, until, snapshot)
     for i, (g, w) in enumerate(zip(got, want)):
         assert g == w, f"record {i}"
     assert len(got) == len(want)
