@@ -4,8 +4,10 @@ First, literal scenarios: records written out by hand from the documented rules,
 reference and the product must produce. Then a property test: random update streams (out of
 order and tied times, writes above and below rule paths, deletes, identities added and removed,
 events in and out of windows, an upload audience, both merge policies, with and without
-``until``, some from a seed snapshot) go through the product's per-profile exporter and through the reference; the records
-(partition key, merge policy, triggers, data with its key order) must be identical.
+``until``, some starting from a seed snapshot) go through the product's per-profile exporter and
+through the reference; the records (partition key, merge policy, triggers, data with its key
+order) must be identical. At the end of input both act on the window changes due by ``until``
+(all of them without it), as the runner's timers do when a bounded input ends.
 """
 import copy
 import json
