@@ -30,7 +30,8 @@ def test_documented_configs_validate_and_load(path, monkeypatch):
 
 def test_loader_extensions_are_in_the_schema():
     """What the loader accepts beyond the SPEC example: epoch-ms times, bare mapped ids, a single
-    policy without the default flag, numbers from the environment."""
+    policy without the default flag, numbers from the environment (the schema sees the document
+    after ``${NAME}`` expansion)."""
     with open(EXAMPLE) as f:
         doc = yaml.safe_load(f)
     doc["audiences"][0]["created_at"] = 1648553325000
@@ -38,8 +39,8 @@ def test_loader_extensions_are_in_the_schema():
     doc["merge_policies"] = [{"id": "mp-only", "type": "timestamp_ordered"}]
     for a in doc["audiences"]:
         a.pop("merge_policy", None)
-    doc["destination"]["retry"]["max_retries"] = "${RETRIES}"
     jsonschema.validate(as_json(doc), load_schema("config.schema.json"))
+    doc["destination"]["retry"]["max_retries"] = "${RETRIES}"
     assert config_from_dict(doc, "examples", {"RETRIES": "3"}).destination.retry.max_retries == 3
 
 

@@ -166,3 +166,25 @@ def check_audiences(config: ExportConfig) -> List[str]:
         cycle_start = str(e).rsplit(": ", 1)[-1].split(" -> ")[0]
         errors.append(f"audiences[{index.get(cycle_start, 0)}].rule: {e}")
     return errors
+
+
+def compile_consent(text: str) -> AudienceRule:
+    """The consent rule (``activation.consent``): attributes only, so ``inSegment`` and event
+    forms are rule errors."""
+    rule = compile_rule("activation.consent", text)
+    if rule.segment_refs:
+        raise RuleError("the consent rule reads attributes only, not inSegment")
+    if rule.uses_events:
+        raise RuleError("the consent rule reads attributes only, not xEvent")
+    return rule
+
+
+def check_consent(config: ExportConfig) -> List[str]:
+    """The config error of the consent rule, as ``activation.consent: message``."""
+    if config.activation.consent is None:
+        return []
+    try:
+        compile_consent(config.activation.consent)
+    except RuleError as e:
+        return [f"activation.consent: {e}"]
+    return []
