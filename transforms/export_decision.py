@@ -22,8 +22,9 @@ AUDIENCE, IDENTITY, ATTRIBUTE, CONSENT, EXPIRY = "audience", "identity", "attrib
 
 class ExportPlan(NamedTuple):
     """One record to emit: its merge policy, its ``ups`` entries as ``(audience_id, status,
-    lastQualificationTime ms)`` in config order, the triggers that produced it (in the order
-    audience, identity, attribute, consent, expiry) and whether it carries the mapped
+    lastQualificationTime ms)`` in config order, every trigger that holds for it (in the order
+    audience, identity, attribute, consent, expiry: a record a mapped audience's change causes
+    also lists an identity change or a mapped attribute write of the same update) and whether it carries the mapped
     attributes (an opt-out record does not)."""
     policy_id: str
     ups: Tuple[Tuple[str, str, int], ...]
@@ -99,33 +100,26 @@ class ExportDecider:
         touched = identities_changed or attribute_written
         if not changed and not touched:
             return ()
-        triggers: Dict[str, list] = {}
+        kinds: Dict[str, set] = {}     # per policy with a record: audience / expiry changes
         expiries = self._expiries
         for a in changed:
-            kind = EXPIRY if expiries and a in expiries and now_ms >= expiries[a] else AUDIENCE
-            have = triggers.setdefault(policy_of[a], [])
-            if kind not in have:
-                have.append(kind)
+            kinds.setdefault(policy_of[a], set()).add(
+                EXPIRY if expiries and a in expiries and now_ms >= expiries[a] else AUDIENCE)
         if touched:
-            kinds = [k for k, on in ((IDENTITY, identities_changed), (ATTRIBUTE, attribute_written)) if on]
             for a in self._mapped:
                 if a in after:
-                    pid = policy_of[a]
-                    have = triggers.setdefault(pid, [])
-                    if kinds[0] not in have:
-                        have.extend(kinds)
-        if not triggers:
+                    kinds.setdefault(policy_of[a], set())
+        if not kinds:
             return ()
         exited = {a for a in changed if a not in after}
         plans = []
-        for pid in sorted(triggers, key=self._policy_order.__getitem__):
+        for pid in sorted(kinds, key=self._policy_order.__getitem__):
             ups = tuple((a, REALIZED, after[a]) if a in after else (a, EXITED, now_ms)
                         for a in self._policy_audiences[pid] if a in after or a in exited)
-            kinds = triggers[pid]
-            if EXPIRY in kinds and kinds[-1] != EXPIRY:   # expiry is listed last
-                kinds.remove(EXPIRY)
-                kinds.append(EXPIRY)
-            plans.append(ExportPlan(pid, ups, tuple(kinds)))
+            changes = kinds[pid]
+            triggers = tuple(k for k, on in ((AUDIENCE, AUDIENCE in changes), (IDENTITY, identities_changed),
+                                             (ATTRIBUTE, attribute_written), (EXPIRY, EXPIRY in changes)) if on)
+            plans.append(ExportPlan(pid, ups, triggers))
         return tuple(plans)
 
     @property
