@@ -91,10 +91,14 @@ SPEC_RECORD = {"person": {"name": {"firstName": "John", "lastName": "Doe"}, "bir
                "identityMap": {"email": [{"id": "john.doe@acme.com"}], "ecid": [{"id": "1457"}]}}
 
 
+EXPORT = {"id": "a" * 64, "sequence": 3, "at": 1714557600000, "triggers": ["audience", "identity"]}
+
+
 def test_spec_samples_validate():
     jsonschema.validate(SPEC_UPDATE, load_schema("profile_update.schema.json"))
     jsonschema.validate({"profileId": "p-2", "timestamp": 1714557600000}, load_schema("profile_update.schema.json"))
     jsonschema.validate(SPEC_RECORD, load_schema("export_record.schema.json"))
+    jsonschema.validate({**SPEC_RECORD, "_export": EXPORT}, load_schema("export_record.schema.json"))
 
 
 def changed(doc, path, value):
@@ -126,6 +130,9 @@ UPS = ("segmentMembership", "ups", "aud-delorean")
     ("export_record", changed(SPEC_RECORD, UPS + ("lastQualificationTime",), None)),
     ("export_record", changed(SPEC_RECORD, ("identityMap", "email"), [{"id": 5}])),
     ("export_record", changed(SPEC_RECORD, ("segmentMembership", "ups"), None)),
+    ("export_record", {**SPEC_RECORD, "_export": {**EXPORT, "triggers": ["timer"]}}),
+    ("export_record", {**SPEC_RECORD, "_export": {**EXPORT, "sequence": -1}}),
+    ("export_record", {**SPEC_RECORD, "_export": {k: v for k, v in EXPORT.items() if k != "id"}}),
 ])
 def test_malformed_updates_and_records_are_rejected(schema, doc):
     with pytest.raises(jsonschema.ValidationError):
