@@ -100,25 +100,28 @@ class ExportDecider:
         touched = identities_changed or attribute_written
         if not changed and not touched:
             return ()
-        kinds: Dict[str, set] = {}     # per policy with a record: audience / expiry changes
+        changes: Dict[str, list] = {}    # per policy with a record: its audience / expiry changes
         expiries = self._expiries
         for a in changed:
-            kinds.setdefault(policy_of[a], set()).add(
-                EXPIRY if expiries and a in expiries and now_ms >= expiries[a] else AUDIENCE)
+            kind = EXPIRY if expiries and a in expiries and now_ms >= expiries[a] else AUDIENCE
+            have = changes.setdefault(policy_of[a], [])
+            if kind not in have:
+                have.append(kind)
+        touched_kinds: Tuple[str, ...] = ()
         if touched:
+            touched_kinds = tuple(k for k, on in ((IDENTITY, identities_changed), (ATTRIBUTE, attribute_written)) if on)
             for a in self._mapped:
                 if a in after:
-                    kinds.setdefault(policy_of[a], set())
-        if not kinds:
+                    changes.setdefault(policy_of[a], [])
+        if not changes:
             return ()
         exited = {a for a in changed if a not in after}
         plans = []
-        for pid in sorted(kinds, key=self._policy_order.__getitem__):
+        for pid in sorted(changes, key=self._policy_order.__getitem__):
             ups = tuple((a, REALIZED, after[a]) if a in after else (a, EXITED, now_ms)
                         for a in self._policy_audiences[pid] if a in after or a in exited)
-            changes = kinds[pid]
-            triggers = tuple(k for k, on in ((AUDIENCE, AUDIENCE in changes), (IDENTITY, identities_changed),
-                                             (ATTRIBUTE, attribute_written), (EXPIRY, EXPIRY in changes)) if on)
+            have = changes[pid]
+            triggers = ((AUDIENCE,) if AUDIENCE in have else ()) + touched_kinds + ((EXPIRY,) if EXPIRY in have else ())
             plans.append(ExportPlan(pid, ups, triggers))
         return tuple(plans)
 
