@@ -16,6 +16,12 @@ values alone go through Python.
 status) when it has one of the form ``YYYY-MM-DDTHH:MM:SS[.fff](Z|±HH:MM|±HHMM)``, else the
 row's ``timestamp`` (``as_of`` when that is null), floored to the second.
 
+With ``activation.consent``, the consent rule is one more boolean mask over the batch (one
+merged view per row, as for the audiences): only rows that consent at ``as_of`` are exported,
+the others are counted (``consent_withheld``). With ``include_export_metadata`` each record ends
+with ``_export`` (sequence 0, ``at`` = ``as_of``, trigger ``backfill``); its id, a SHA-256 per
+row, is the one part made in Python.
+
 ``ExportSnapshot`` is the Beam step: one element per Parquet row group, read, evaluated and
 formatted inside one DoFn (record batches never cross a Beam boundary), yielding one blob of
 ``records-*.jsonl`` lines per batch and policy for the file sink, or ``ExportRecord`` elements
@@ -281,7 +287,8 @@ class SnapshotExporter:
         sub = batch.filter(any_policy)   # only qualifying rows are formatted
         attributes = object_members(sub, self.formatter.mapped_tree)
         head = "{" if attributes is None else _concat("{", _drop_comma(_concat(attributes, ",")))
-        tail = _concat('}},"identityMap":{', identity_map_json(_column(sub, "identityMap"), len(sub)), "}")
+        tail = _concat('}},"identityMap":{', identity_map_json(_column(sub, "identityMap"), len(sub)),
+                       "}" if self.metadata else "}}")
         profile_ids = sub.column("profileId").cast(pa.string())
         keys = partition_keys(profile_ids)
         row_time = row_times(sub, self.as_of_ms)
@@ -293,8 +300,9 @@ class SnapshotExporter:
                 continue
             entries = [e for e in (self._entry(a, pc.and_(members[a].filter(any_policy), rows), row_time, membership)
                                    for a in ids) if e is not None]
-            end = self._export_metadata(profile_ids, policy_id) if self.metadata else "}"
-            parts = (head, '"segmentMembership":{"ups":{', _drop_comma(_join_members(entries)), tail, end)
+            parts = (head, '"segmentMembership":{"ups":{', _drop_comma(_join_members(entries)), tail)
+            if self.metadata:
+                parts += (self._export_metadata(profile_ids, policy_id),)
             if len(qualifies) > 1:   # with one policy, every row of ``sub`` qualifies
                 parts = tuple(p if isinstance(p, str) else p.filter(rows) for p in parts)
                 out.append(PolicyRecords(policy_id, keys.filter(rows), parts))
