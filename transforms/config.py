@@ -1,21 +1,33 @@
-"""Typed, immutable configuration of one export (SPEC 3).
+"""Typed, immutable configuration of one export, and its loader.
 
 The loader (``load_config``) and its validation live below the types. Every object here is a
 frozen dataclass so a config can be captured by DoFns, pickled to workers and shared safely.
 Times are epoch milliseconds (UTC) because that is what export records carry.
 
-Loader decisions (SPEC 3 leaves them open):
+Validation:
 
-- Every problem is collected and raised at once in one ``ConfigError`` (``field.path: message``,
-  list indexes from 0), so a user fixes a config in one round. Rule syntax, ``inSegment``
-  references and upload files are checked by ``transforms.audiences.check_audiences``.
+- ``schemas/config.schema.json`` is the one description of the config's structure (types,
+  required and unknown keys, enums, ranges, "exactly one default policy", "a rule or an
+  upload"); the document is checked against it with ``jsonschema`` after ``${NAME}`` expansion.
+  Each schema error becomes one ``field.path: message`` line; the schema's ``x-messages`` give the
+  message of a keyword where the default one would not help (``audience cannot be left out``).
+- By hand, only what a schema cannot say: unique ids, references between sections (merge
+  policies, mapped audiences), timestamps, ``retry.max_delay_ms >= base_delay_ms``, data usage
+  labels against the marketing action, and (``transforms.audiences``) rule syntax, ``inSegment``,
+  the consent rule and upload files.
+- Every problem is collected and raised at once in one ``ConfigError`` (list indexes from 0), so
+  a user fixes a config in one round: a value the schema rejects is left out (its default or
+  nothing is used) and the remaining checks still run.
+
+Loader decisions:
+
 - Exactly one merge policy carries ``default: true``; a config with a single policy may leave the
   flag out (that policy is the default). Audiences without ``merge_policy`` get the default's id.
   When the default cannot be determined (an error), the first policy stands in for it so that
   one mistake is not reported again for every audience.
-- ``${NAME}`` is expanded in every string value; numbers (``max_retries: ${RETRIES}``) and
-  timestamps may come from the environment too. Values under ``credentials`` become ``Secret``
-  and are never echoed: messages name only the field and the type.
+- ``${NAME}`` is expanded in every string value; a value that is exactly one ``${NAME}`` gives a
+  number where the schema wants one (``max_retries: ${RETRIES}``). Values under ``credentials``
+  become ``Secret`` and are never echoed: messages name only the field and the type.
 - Timestamps are ISO-8601 text, YAML timestamps or epoch milliseconds. A mapped audience may be
   a bare id instead of ``{id: ...}``.
 - A file that cannot be read or parsed raises ``ConfigFileError``: one line, no field errors.
