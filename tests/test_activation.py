@@ -14,8 +14,8 @@ from tests.export_helpers import audience, make_config
 from tests.test_vectorized import per_profile
 from transforms import backfill as B
 from transforms.audiences import AudienceSet, compile_consent
-from transforms.config import (Activation, AudienceDefinition, MappedAudience, MergePolicyConfig, UploadSource,
-                               forbidden_labels, DataUsage)
+from transforms.config import (Activation, AudienceDefinition, DataUsage, MappedAudience, MergePolicyConfig,
+                               UploadSource, forbidden_labels)
 from transforms.export import ProfileExporter
 from transforms.export_decision import ExportDecider, ExportPlan
 from transforms.model import ProfileUpdate, SegmentStatus, SnapshotProfile
@@ -207,9 +207,9 @@ def test_expiry_caught_up_by_a_later_update_and_capped_by_until(upload):
 
 def test_expiry_in_the_backfill(upload):
     audiences = AudienceSet.from_config(config(upload))
-    batch = B.pa.RecordBatch.from_pydict({
+    batch = pa.RecordBatch.from_pydict({
         "profileId": pa.array(["p"]), "timestamp": pa.array([T0], pa.timestamp("ms", tz="UTC")),
-        "identityMap": pa.array([[("email", [{"id": "a@x.io"}])]], B.pa.map_(pa.string(), pa.list_(pa.struct([("id", pa.string())]))))})
+        "identityMap": pa.array([[("email", [{"id": "a@x.io"}])]], pa.map_(pa.string(), pa.list_(pa.struct([("id", pa.string())]))))})
     assert audiences.evaluate_batch(batch, EXPIRES - 1)["vip"].to_pylist() == [True]
     assert audiences.evaluate_batch(batch, EXPIRES)["vip"].to_pylist() == [False]
 

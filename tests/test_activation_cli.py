@@ -40,6 +40,7 @@ def full_config(tmp_path, **activation):
         include_segment_timestamps=True, include_export_metadata=True, max_record_bytes="${RECORD_BYTES}",
         credentials={"access_key_id": "${AWS_ACCESS_KEY_ID}", "secret_access_key": "${AWS_SECRET_ACCESS_KEY}",
                      "session_token": "${AWS_SECRET_ACCESS_KEY}"})
+    doc["audiences"][0]["description"] = "Owners of a DeLorean born before 1990"
     doc["audiences"][3]["merge_policy"] = "mp-default"
     doc["audiences"][3]["upload"]["expires_at"] = EXPIRES
     doc["activation"] = {"marketing_action": "email-targeting",

@@ -335,7 +335,7 @@ class _Document:
         found = []
         for e in errors:
             found.extend(_render(e))
-        for path, message, prune in found:
+        for path, message, _ in found:
             if any(path[:len(u)] == u for u in self._unset):
                 continue                       # its missing variable is the error
             self.errors.append(f"{_path_text(path)}: {message}" if path else message)
