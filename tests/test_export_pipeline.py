@@ -266,12 +266,15 @@ def test_bounded_scenarios(tmp_path):
                     by_profile({**EXPECTED, **ACTIVATION_EXPECTED}))
 
 
-def test_watermark_driven_timers_on_streaming_input():
+def test_watermark_driven_timers_on_streaming_input(tmp_path):
+    upload = tmp_path / "vip.csv"
+    upload.write_text("email\nvip@x\n")
     options = PipelineOptions(runner="BundleBasedDirectRunner")
     options.view_as(StandardOptions).streaming = True
     stream = (TestStream()
               .advance_watermark_to(Timestamp(micros=T0 * 1000))
-              .add_elements(stamped([u("s-1", T0, event=PURCHASE), u("s-2", T0 + 5 * H, DELOREAN)]))
+              .add_elements(stamped([u("s-1", T0, event=PURCHASE), u("s-2", T0 + 5 * H, DELOREAN),
+                                     u("s-vip", T0, YES, ids=VIP_ID)]))     # expires by the watermark
               .advance_watermark_to(Timestamp(micros=(T0 + 3 * D) * 1000))
               .add_elements(stamped([u("s-1", T0 + 3 * D, first("Ann")),
                                      u("s-2", T0 + 4 * H, merged(TESLA, first("Old")))]))  # late and older
@@ -289,10 +292,16 @@ def test_watermark_driven_timers_on_streaming_input():
                 rec(T0 + 15 * D + 1, first("Ann"), ups(aud_buyers=(X, T0 + 15 * D + 1)))],
         "s-2": [rec(T0 + 5 * H, {}, ups(aud_delorean=(R, T0 + 5 * H))),
                 rec(T0 + 4 * H, first("Old"), ups(aud_delorean=(R, T0 + 5 * H)))],
+        # the activation config (consent on): only s-vip consents; its upload expires
+        "s-vip": [with_meta(rec(T0, {}, ups(aud_vip=(R, T0)), VIP_IDS), meta("s-vip", "mp-default", 1, T0, "consent")),
+                  with_meta(rec(EXPIRES, {}, ups(aud_vip=(X, EXPIRES)), VIP_IDS),
+                            meta("s-vip", "mp-default", 2, EXPIRES, "expiry"))],
     }
     with beam.Pipeline(options=options) as p:
-        records = p | stream | ExportProfileChanges(CONFIG)
-        assert_that(records | beam.ParDo(_Stamp()), by_profile(expected))
+        updates = p | stream
+        records = (updates | ExportProfileChanges(CONFIG),
+                   updates | "Activated" >> ExportProfileChanges(activation_config(str(upload))))
+        assert_that(records | beam.Flatten() | beam.ParDo(_Stamp()), by_profile(expected))
 
 
 # --- the state the DoFn keeps, and its coder (pure, fast) ---
