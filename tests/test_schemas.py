@@ -154,3 +154,8 @@ def test_avro_schema_parses_and_round_trips(tmp_path):
     path = write_avro_updates(str(tmp_path / "u.avro"), [SPEC_UPDATE])
     [update] = list(read_avro_updates(path))
     assert update.attributes == SPEC_UPDATE["attributes"] and update.event["timestamp"] == 1714557600000
+
+
+@pytest.mark.parametrize("name", ["config.schema.json", "export_record.schema.json", "profile_update.schema.json"])
+def test_schemas_are_valid_draft_2020_12(name):
+    jsonschema.Draft202012Validator.check_schema(load_schema(name))
