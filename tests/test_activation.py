@@ -166,13 +166,13 @@ ECID = {"ecid": [{"id": "e"}, {"id": "f"}]}
     (("audience", "identity", "attribute"), [("A", {"make": (R, T0)}, {}, ("audience", "attribute")),
                                             ("B", {"make": (R, T0)}, {}, ("attribute",)),
                                             ("B", {"make": (R, T0)}, {"ecid": [{"id": "e"}]}, ("identity",)),
-                                            ("C", {"make": (X, T0 + 3 * H)}, ECID, ("audience", "identity", "attribute"))]),
+                                            ("C", {"make": (X, T0 + 3 * H)}, ECID, ("audience",))]),
     (("audience", "identity"), [("A", {"make": (R, T0)}, {}, ("audience",)),
                                 ("B", {"make": (R, T0)}, {"ecid": [{"id": "e"}]}, ("identity",)),
-                                ("C", {"make": (X, T0 + 3 * H)}, ECID, ("audience", "identity"))]),
+                                ("C", {"make": (X, T0 + 3 * H)}, ECID, ("audience",))]),
     (("attribute", "audience"), [("A", {"make": (R, T0)}, {}, ("audience", "attribute")),
                                  ("B", {"make": (R, T0)}, {}, ("attribute",)),
-                                 ("C", {"make": (X, T0 + 3 * H)}, ECID, ("audience", "attribute"))]),
+                                 ("C", {"make": (X, T0 + 3 * H)}, ECID, ("audience",))]),
     (("audience",), [("A", {"make": (R, T0)}, {}, ("audience",)),
                      ("C", {"make": (X, T0 + 3 * H)}, ECID, ("audience",))]),
 ])
@@ -237,7 +237,7 @@ def test_export_metadata_sequence_id_at_and_triggers(upload):
         {"id": sha("p/mp-crm/2"), "sequence": 2, "at": T0 + 2 * H, "triggers": ["identity", "attribute"]},
         {"id": sha("p/mp-default/3"), "sequence": 3, "at": T0 + 2 * H, "triggers": ["attribute"]},
         {"id": sha("p/mp-crm/3"), "sequence": 3, "at": T0 + 2 * H, "triggers": ["attribute"]},
-        {"id": sha("p/mp-default/4"), "sequence": 4, "at": T0 + 3 * H, "triggers": ["audience", "identity"]},
+        {"id": sha("p/mp-default/4"), "sequence": 4, "at": T0 + 3 * H, "triggers": ["audience"]},   # exits: no (b)
         {"id": sha("p/mp-crm/4"), "sequence": 4, "at": T0 + 3 * H, "triggers": ["identity"]},
     ]
     assert list(json.loads(ex.update("p", state, u(T0 + 4 * H, name("Z")))[0][0].data))[-3:] == \

@@ -107,11 +107,14 @@ class ExportDecider:
             have = changes.setdefault(policy_of[a], [])
             if kind not in have:
                 have.append(kind)
+        # (b) and (c) hold only for the policies whose mapped audiences the profile is realized in
         touched_kinds: Tuple[str, ...] = ()
+        touched_policies = set()
         if touched:
             touched_kinds = tuple(k for k, on in ((IDENTITY, identities_changed), (ATTRIBUTE, attribute_written)) if on)
             for a in self._mapped:
                 if a in after:
+                    touched_policies.add(policy_of[a])
                     changes.setdefault(policy_of[a], [])
         if not changes:
             return ()
@@ -121,7 +124,8 @@ class ExportDecider:
             ups = tuple((a, REALIZED, after[a]) if a in after else (a, EXITED, now_ms)
                         for a in self._policy_audiences[pid] if a in after or a in exited)
             have = changes[pid]
-            triggers = ((AUDIENCE,) if AUDIENCE in have else ()) + touched_kinds + ((EXPIRY,) if EXPIRY in have else ())
+            triggers = (((AUDIENCE,) if AUDIENCE in have else ()) + (touched_kinds if pid in touched_policies else ())
+                        + ((EXPIRY,) if EXPIRY in have else ()))
             plans.append(ExportPlan(pid, ups, triggers))
         return tuple(plans)
 
