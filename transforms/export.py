@@ -36,10 +36,11 @@ Event time, per profile:
   watermark for timers, so records of timers that fire only at that +inf are late for a
   downstream GroupByKey there; Dataflow and Flink hold the watermark.)
 
-Seeding: ``seed`` (``PCollection[SnapshotProfile]``) is a side input, ``AsDict`` by profile id,
-consulted when a key has no state yet, so a seed always takes effect before the profile's first
-update, in batch and streaming alike. Trade-off: the DirectRunner holds the whole seed in memory;
-Dataflow and Flink look large side inputs up per key from their materialization.
+Seeding: ``seed`` (``PCollection[SnapshotProfile]``) is a side input, ``AsMultiMap`` by profile
+id (the newest row of a profile wins), consulted when a key has no state yet, so a seed always
+takes effect before the profile's first update, in batch and streaming alike. Portable runners
+(Dataflow, Flink) look a multimap side input up per key from its materialization; the
+DirectRunner holds the whole seed in memory.
 """
 from __future__ import annotations
 
@@ -157,7 +158,7 @@ class ProfileExporter:
         seeded member that does not consent counts as announced as exited)."""
         state = ProfileState.from_snapshot(snapshot, self.policies, self.audience_ids)
         if self.consent is not None:
-            state.consents = self._consents(self.policies.views(state), snapshot.timestamp_ms)
+            state.consenting(self._consents(state.views(self.policies), snapshot.timestamp_ms))
         return state
 
     def catch_up(self, key: str, state: ProfileState, before_ms: int,
@@ -193,7 +194,7 @@ class ProfileExporter:
             return out
         if evaluated > now:                           # no rule input changed: results stand
             now = evaluated
-        state.evaluated_ms = now
+        state.evaluated(now)
         if self.keeps_events:
             state.prune_events(now, self.retention_ms, self.max_events)
         if (attribute_written or identities_changed) and state.realized:
@@ -203,22 +204,19 @@ class ProfileExporter:
                 consents = state.consents or _NO_POLICIES
                 plans = self._consenting(plans, consents, consents)
             if plans:
-                self._format(key, state, self.policies.views(state), plans, now, update.timestamp_ms, out)
+                self._format(key, state, state.views(self.policies), plans, now, update.timestamp_ms, out)
         return out
 
     def _evaluate(self, key, state, now, event_time_ms, identities_changed, attribute_written, out):
         if self.keeps_events:
             state.prune_events(now, self.retention_ms, self.max_events)
-        views = self.policies.views(state)
+        views = state.views(self.policies)
         members = self.audiences.evaluate(views, state.identities, state.events, now)
-        before = after = state.realized
-        if before.keys() != members:
-            after = state.realized = {a: before.get(a, now) for a in members}
-        state.evaluated_ms = now
+        before, after = state.evaluated(now, members)
         if self.timed:
             due = self.audiences.next_change_ms(state.events, now, members)
-            state.timer_ms = (None if due is None or due <= now or (self.until_ms is not None and due > self.until_ms)
-                              else due)
+            state.schedule(None if due is None or due <= now or (self.until_ms is not None and due > self.until_ms)
+                           else due)
         if self.consent is not None:
             self._evaluate_consent(key, state, views, before, after, now, event_time_ms,
                                    identities_changed, attribute_written, out)
@@ -237,8 +235,8 @@ class ProfileExporter:
                           identities_changed, attribute_written, out):
         """Consent per merge policy: nothing is exported for a policy while the profile does not
         consent; a change of consent exports the opt-out or opt-in record alone."""
-        was = state.consents or _NO_POLICIES
-        consents = state.consents = self._consents(views, now)
+        consents = self._consents(views, now)
+        was = state.consenting(consents)
         plans = []
         if was != consents:
             decider = self.decider
@@ -248,9 +246,7 @@ class ProfileExporter:
                 if pid in consents:
                     plan = decider.opt_in(after, pid, now)
                     if plan is not None:
-                        if after is before:
-                            after = state.realized = dict(after)
-                        after.update((a, t) for a, _, t in plan.ups)   # destination's qualification time
+                        after = state.requalified(plan.ups)   # the destination's qualification times
                         self.counts["consent_opt_ins"] += 1
                 else:
                     plan = decider.opt_out(before, pid, now)
@@ -288,11 +284,8 @@ class ProfileExporter:
 
     def _metadata(self, key, state, plan, now) -> str:
         """The ``_export`` member; the sequence of the profile and policy lives in its state."""
-        sequences = state.sequences
-        if sequences is None:
-            sequences = state.sequences = {}
-        sequence = sequences[plan.policy_id] = sequences.get(plan.policy_id, 0) + 1
-        return self.formatter.export_metadata(key, plan.policy_id, sequence, now, plan.triggers)
+        return self.formatter.export_metadata(key, plan.policy_id, state.next_sequence(plan.policy_id), now,
+                                              plan.triggers)
 
 
 class _ExportProfileChangesFn(beam.DoFn):

@@ -1,6 +1,7 @@
 """Merge policies (SPEC 5): the attribute writes of one profile turned into one view per policy.
 
-Each policy keeps only what it needs, on the profile state (``view``, ``stamps``, ``datasets``):
+Each policy keeps only what it needs, in stores the profile state owns (``view``, ``stamps``,
+``datasets``) and hands to ``MergePolicies``:
 
 - ``timestamp_ordered``: the view itself, maintained in place, plus ``stamps``, the timestamp
   of the latest write (or delete) per dotted path. A write older than the stamp of its path or
@@ -199,8 +200,9 @@ class MergePolicy:
 
 
 class MergePolicies:
-    """The merge policies in use: records writes on a profile state (any object with ``view``,
-    ``stamps``, ``datasets``) and gives each policy's view."""
+    """The merge policies in use: stores writes in a profile's attribute stores (the
+    ``timestamp_ordered`` view and its stamps, the ``dataset_precedence`` entries; the profile
+    state owns them) and gives each policy's view."""
 
     def __init__(self, configs: Iterable[MergePolicyConfig]):
         policies = [MergePolicy(c) for c in configs]
@@ -208,13 +210,13 @@ class MergePolicies:
         self.precedence = tuple(p for p in policies if p.type == DATASET_PRECEDENCE)
         self._bucketed = frozenset(d for p in self.precedence for d in p.datasets)
 
-    def record(self, state, leaves: List[Tuple[str, Any]], dataset_id: Optional[str],
-               timestamp_ms: int, seq: int, changed_paths: Optional[List[str]] = None) -> bool:
+    def record(self, view: dict, stamps: Dict[str, int], datasets: Datasets, leaves: List[Tuple[str, Any]],
+               dataset_id: Optional[str], timestamp_ms: int, seq: int,
+               changed_paths: Optional[List[str]] = None) -> bool:
         """Store leaf writes ``(path, value)``; True when some policy's view may have changed.
         ``changed_paths``, when given, receives the paths of the writes that may have."""
         changed = False
         if self.timestamp_ids:
-            view, stamps = state.view, state.stamps
             in_order = not stamps or max(stamps.values()) <= timestamp_ms
             for path, value in leaves:
                 if write_timestamp_view(view, stamps, path, timestamp_ms, value, in_order):
@@ -223,9 +225,9 @@ class MergePolicies:
                         changed_paths.append(path)
         if self.precedence:
             bucket = dataset_id if dataset_id in self._bucketed else None
-            paths = state.datasets.get(bucket)
+            paths = datasets.get(bucket)
             if paths is None:
-                paths = state.datasets[bucket] = {}
+                paths = datasets[bucket] = {}
             for path, value in leaves:
                 if _store(paths, path, (timestamp_ms, seq, value)):
                     changed = True
@@ -233,11 +235,11 @@ class MergePolicies:
                         changed_paths.append(path)
         return changed
 
-    def views(self, state) -> Dict[str, dict]:
-        """One view per policy in use; the timestamp-ordered policies share theirs."""
-        views = dict.fromkeys(self.timestamp_ids, state.view)
+    def views(self, view: dict, datasets: Datasets) -> Dict[str, dict]:
+        """One view per policy in use; the timestamp-ordered policies share ``view``."""
+        views = dict.fromkeys(self.timestamp_ids, view)
         for policy in self.precedence:
-            views[policy.id] = policy.precedence_view(state.datasets)
+            views[policy.id] = policy.precedence_view(datasets)
         return views
 
 
