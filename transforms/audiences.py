@@ -9,12 +9,13 @@ profile is a member while its identity map holds one of them, and never from the
 from __future__ import annotations
 
 import csv
-from typing import Collection, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
+from typing import Collection, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
 
 from transforms.config import AudienceDefinition, ExportConfig, UploadSource
+from transforms.export_decision import PathMatcher
 from transforms.rules import AudienceRule, RuleError, compile_rule
 from transforms.vectorized import identity_membership
 
@@ -93,6 +94,16 @@ class AudienceSet:
             (a.id, a.merge_policy, self.rules[a.id].evaluate if a.id in self.rules else None,
              (a.upload.namespace, self.uploads[a.id], self.expiries.get(a.id)) if a.id in self.uploads else None)
             for a in self.ordered)
+        # what can change an audience's result, for evaluating only the audiences whose inputs
+        # changed (each set holds the audiences naming it in ``inSegment`` too): a written path
+        # its rule reads, the event history or time (window changes, upload expiries), the
+        # identity map (uploads), any update (a rule comparing with ``now``)
+        self._readers = {aid: PathMatcher(rule.view_paths) for aid, rule in self.rules.items() if rule.view_paths}
+        self._path_readers: Dict[str, FrozenSet[str]] = {}
+        self.time_readers = self._with_dependents(
+            {aid for aid, rule in self.rules.items() if rule.uses_events} | set(self.expiries))
+        self.identity_readers = self._with_dependents(set(self.uploads))
+        self.now_readers = self._with_dependents({aid for aid, rule in self.rules.items() if rule.reads_now})
 
     @classmethod
     def from_config(cls, config: ExportConfig) -> "AudienceSet":
@@ -102,12 +113,41 @@ class AudienceSet:
         ordered = _order(config.audiences, {aid: r.segment_refs for aid, r in rules.items()})
         return cls(ordered, rules, uploads)
 
+    def _with_dependents(self, ids) -> FrozenSet[str]:
+        """``ids`` and every audience whose rule names one of them in ``inSegment``, transitively
+        (evaluation order puts an audience after those it names)."""
+        found = set(ids)
+        for a in self.ordered:
+            if a.id in self.rules and self.rules[a.id].segment_refs & found:
+                found.add(a.id)
+        return frozenset(found)
+
+    def path_readers(self, paths: Iterable[str]) -> FrozenSet[str]:
+        """The audiences a write at these dotted paths can change (at, under or above a path
+        their rules read)."""
+        found: FrozenSet[str] = frozenset()
+        memo = self._path_readers
+        for path in paths:
+            readers = memo.get(path)
+            if readers is None:
+                readers = self._with_dependents({aid for aid, m in self._readers.items() if m.matches(path)})
+                if len(memo) < PathMatcher.MEMO:
+                    memo[path] = readers
+            if readers:
+                found = found | readers
+        return found
+
     def evaluate(self, views: Mapping[str, Mapping], identities: Mapping[str, Sequence[str]],
-                 events: Sequence[Mapping], now_ms: int) -> FrozenSet[str]:
-        """The ids of the audiences the profile is realized in, each on its own policy's view."""
+                 events: Sequence[Mapping], now_ms: int, dirty: Optional[Collection[str]] = None,
+                 members: Collection[str] = ()) -> FrozenSet[str]:
+        """The ids of the audiences the profile is realized in, each on its own policy's view.
+        ``dirty``: the audiences to evaluate (None: all); the others keep their result, being in
+        ``members`` or not."""
         seg: Dict[str, bool] = {}
         for aid, policy, rule, upload in self._plan:
-            if rule is not None:
+            if dirty is not None and aid not in dirty:
+                seg[aid] = aid in members
+            elif rule is not None:
                 seg[aid] = rule(views.get(policy, _EMPTY), events, now_ms, seg)
             elif upload is not None:
                 seg[aid] = (not upload[1].isdisjoint(identities.get(upload[0], ()))

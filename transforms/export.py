@@ -59,7 +59,8 @@ from apache_beam.utils.timestamp import Timestamp
 from transforms import profile_state
 from transforms.audiences import AudienceSet, compile_consent
 from transforms.config import ExportConfig
-from transforms.export_decision import EXITED, ExportDecider, ExportPlan, PathMatcher
+from transforms.export_decision import (ATTRIBUTE, AUDIENCE, CONSENT, EXITED, EXPIRY, IDENTITY, ExportDecider,
+                                        ExportPlan, PathMatcher)
 from transforms.merge import MergePolicies
 from transforms.model import ExportRecord, ProfileUpdate, SnapshotProfile
 from transforms.profile_state import ProfileState
@@ -118,20 +119,24 @@ _SNAPSHOT_TIME = operator.attrgetter("timestamp_ms")
 _NO_SEGMENTS: dict = {}
 _NO_ATTRIBUTES: dict = {}
 _NO_POLICIES: FrozenSet[str] = frozenset()
+_NO_AUDIENCES: FrozenSet[str] = frozenset()
+_EXPORTS_BY_TRIGGER = {kind: "exports_" + kind for kind in (AUDIENCE, IDENTITY, ATTRIBUTE, CONSENT, EXPIRY)}
 
 
 class ProfileExporter:
     """Per-profile processing without Beam: one update or time instant in, records out.
 
-    Memberships are re-evaluated only when an input of some rule may have changed: a write that
-    changed the value at, under or above an attribute path a rule reads (``view_paths``), an
-    event (when rules read events), the identity map (when upload audiences read it), a
-    time-window change due by the update's time, a rule reading ``now`` outside windows, or a
-    profile never evaluated (a fresh seed). Any other change leaves every rule's result as it
-    was: the profile's evaluation time still moves on as if it had been evaluated, and the
-    update can still export through a mapped attribute write or an identity change. (Past
-    ``until_ms`` time-window changes are not timed, so there a profile with events is always
-    evaluated.)"""
+    Only the audiences an input of which may have changed are evaluated (with the audiences
+    naming them in ``inSegment``): those whose rule reads an attribute path at, under or above a
+    written path that changed a view (``view_paths``); on an event or a time change due by the
+    update's time (window changes, upload expiries), those reading events and the expiring
+    uploads; on an identity change, the uploads. The others keep their result. Every audience
+    is evaluated for a profile never evaluated (a fresh seed) and, when a rule (or the consent
+    rule) reads ``now`` outside windows, on every update. With nothing to evaluate the profile's
+    evaluation time still moves on as if it had been evaluated, and the update can still export
+    through a mapped attribute write or an identity change. (Past ``until_ms`` time changes
+    are not timed, so there the audiences reading events and the expiring uploads are evaluated
+    with any other evaluation, and on every update of a profile with events.)"""
 
     def __init__(self, config: ExportConfig, audiences: AudienceSet, until_ms: Optional[int] = None):
         self.audiences = audiences
@@ -145,9 +150,8 @@ class ProfileExporter:
         self.timed = audiences.timed                 # events leave windows, or uploads expire
         self.consent = compile_consent(config.activation.consent) if config.activation.consent else None
         rules = list(audiences.rules.values()) + ([self.consent] if self.consent else [])
-        self.reads_now = any(rule.reads_now for rule in rules)
-        self.reads_identities = bool(audiences.uploads)
-        self.rule_inputs = PathMatcher(p for rule in rules for p in rule.view_paths)
+        self.reads_now = any(rule.reads_now for rule in rules)   # every update evaluates every rule
+        self.consent_inputs = PathMatcher(self.consent.view_paths) if self.consent else None
         self.mapped_attributes = self.decider.mapped_attributes
         self.max_events = config.evaluation.max_events_per_profile
         self.metadata = config.destination.include_export_metadata
@@ -167,9 +171,10 @@ class ProfileExporter:
         ``before_ms`` (a timer's own instant: ``before_ms = due + 1``), each at its instant."""
         if out is None:
             out = []
+        dirty = None if self.reads_now else self.audiences.time_readers
         while state.timer_ms is not None and state.timer_ms < before_ms:
             now = state.timer_ms
-            self._evaluate(key, state, now, now, False, False, out)
+            self._evaluate(key, state, now, now, False, False, out, dirty)
         return out
 
     def update(self, key: str, state: ProfileState, update: ProfileUpdate) -> List[Tuple[ExportRecord, ExportPlan]]:
@@ -183,14 +188,21 @@ class ProfileExporter:
         leaves, changed, identities_changed, event_added = state.apply(update, self.policies, self.keeps_events)
         attribute_written = bool(leaves) and self.mapped_attributes.any([p for p, _ in leaves])
         evaluated = state.evaluated_ms
-        if evaluated is None or event_added or self.reads_now \
-                or (changed and self.rule_inputs.any(changed)) \
-                or (identities_changed and self.reads_identities) \
-                or (timer is not None and timer <= now) \
-                or (self.until_ms is not None and now > self.until_ms and state.events):
+        dirty = None                                  # the audiences to evaluate (None: all)
+        consent_read = bool(changed) and self.consent_inputs is not None and self.consent_inputs.any(changed)
+        if evaluated is not None and not self.reads_now:
+            audiences = self.audiences
+            dirty = audiences.path_readers(changed) if changed else _NO_AUDIENCES
+            if identities_changed:
+                dirty = dirty | audiences.identity_readers
+            # past ``until_ms`` time changes are not timed: whatever is evaluated catches them up
+            if event_added or (timer is not None and timer <= now) or (
+                    self.until_ms is not None and now > self.until_ms and (state.events or dirty or consent_read)):
+                dirty = dirty | audiences.time_readers
+        if dirty is None or dirty or consent_read:
             if evaluated is not None and evaluated > now:
                 now = evaluated
-            self._evaluate(key, state, now, update.timestamp_ms, identities_changed, attribute_written, out)
+            self._evaluate(key, state, now, update.timestamp_ms, identities_changed, attribute_written, out, dirty)
             return out
         if evaluated > now:                           # no rule input changed: results stand
             now = evaluated
@@ -207,11 +219,11 @@ class ProfileExporter:
                 self._format(key, state, state.views(self.policies), plans, now, update.timestamp_ms, out)
         return out
 
-    def _evaluate(self, key, state, now, event_time_ms, identities_changed, attribute_written, out):
+    def _evaluate(self, key, state, now, event_time_ms, identities_changed, attribute_written, out, dirty):
         if self.keeps_events:
             state.prune_events(now, self.retention_ms, self.max_events)
         views = state.views(self.policies)
-        members = self.audiences.evaluate(views, state.identities, state.events, now)
+        members = self.audiences.evaluate(views, state.identities, state.events, now, dirty, state.realized)
         before, after = state.evaluated(now, members)
         if self.timed:
             due = self.audiences.next_change_ms(state.events, now, members)
@@ -337,15 +349,17 @@ class _ExportProfileChangesFn(beam.DoFn):
         self._writes += 1
         if self._writes % STATE_BYTES_SAMPLE == 1:
             self._state_bytes.update(len(profile_state.encode(state)))
+        if not out:
+            return ()
         counts = self._counts
-        for record, plan in out:
-            counts["records"] += 1
+        counts["records"] += len(out)
+        for _, plan in out:
             for kind in plan.triggers:
-                counts["exports_" + kind] += 1
+                counts[_EXPORTS_BY_TRIGGER[kind]] += 1
             for _, status, _ in plan.ups:
                 if status == EXITED:
                     counts["exits"] += 1
-            yield record
+        return [record for record, _ in out]
 
 
 class _TimedExportProfileChangesFn(_ExportProfileChangesFn):

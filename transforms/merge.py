@@ -142,11 +142,14 @@ def write_timestamp_view(view: dict, stamps: Dict[str, int], path: str, ts: int,
 
 def _store(paths: Dict[str, Entry], path: str, entry: Entry) -> bool:
     """Store a ``dataset_precedence`` entry unless a newer entry at or above it wins; drops
-    the older entries under it and an older leaf above it. True when stored."""
+    the older entries under it and an older leaf above it. True when the view may have changed:
+    a new value, an entry dropped, or the same value at a newer time where an entry above or
+    below it is layered in time order with it."""
     ts = entry[0]
     old = paths.get(path)
     if old is not None and old[0] > ts:
         return False
+    dropped = False
     cut = path.rfind(".")
     while cut > 0:
         above = paths.get(path[:cut])
@@ -155,15 +158,20 @@ def _store(paths: Dict[str, Entry], path: str, entry: Entry) -> bool:
                 return False
             if above[2] is not None:        # an older leaf is replaced by this subtree
                 del paths[path[:cut]]
+                dropped = True
         cut = path.rfind(".", 0, cut)
+    under = path + "."
     if old is None or old[2] is None:       # entries under a path live beside a delete of it
-        under = path + "."
-        for stale in [p for p, e in paths.items() if e[0] <= ts and p.startswith(under)]:
-            del paths[stale]
+        stale = [p for p, e in paths.items() if e[0] <= ts and p.startswith(under)]
+        for p in stale:
+            del paths[p]
+        dropped = dropped or bool(stale)
     if old is not None:
         del paths[path]                     # re-inserted last: dict order is arrival order
     paths[path] = entry
-    return old is None or old[2] != entry[2]
+    if old is None or old[2] != entry[2] or dropped:
+        return True
+    return any(p.startswith(under) or path.startswith(p + ".") for p in paths)
 
 
 def _layer(view: dict, buckets: Iterable[Dict[str, Entry]], deletes: bool) -> None:
