@@ -208,7 +208,9 @@ class ProfileExporter:
         views = state.views(self.policies)
         members = self.audiences.evaluate(views, state.identities, state.events, now, dirty, state.realized)
         before, after = state.evaluated(now, members)
-        if self.timed:
+        # the next time change moves only with the events, the time or the memberships (upload
+        # expiries); otherwise the pending one is still the next
+        if self.timed and (dirty is None or after is not before or not dirty.isdisjoint(self.audiences.time_readers)):
             due = self.audiences.next_change_ms(state.events, now, members)
             state.schedule(None if due is None or due <= now or (self.until_ms is not None and due > self.until_ms)
                            else due)

@@ -110,13 +110,16 @@ def write_timestamp_view(view: dict, stamps: Dict[str, int], path: str, ts: int,
     ``in_order``: the caller knows no stamp is newer than ``ts``."""
     if not in_order and _newer_at_or_above(stamps, path, ts):
         return False
-    if value is not None:               # the common case: a leaf set where its parents are objects
+    if value is not None:               # the common case: a leaf set where its parents are objects or missing
         *parents, leaf = path.split(".")
         node = view
         for key in parents:
-            node = node.get(key)
-            if type(node) is not dict:
+            child = node.get(key)
+            if child is None:           # nothing at or under this path yet (a value is never None)
+                child = node[key] = {}
+            elif type(child) is not dict:
                 break
+            node = child
         else:
             old = node.get(leaf, _MISSING)
             if type(old) is not dict:
