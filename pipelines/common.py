@@ -47,6 +47,10 @@ def parse_time_option(value: Optional[str], flag: str) -> Optional[int]:
 
 
 def load_job_config(options: PipelineOptions) -> ExportConfig:
+    """The config, read after the job's filesystem options (``--s3_endpoint_url``, credentials,
+    GCS project) apply, so ``--config s3://...`` reads like every other path of the job."""
+    from apache_beam.io.filesystems import FileSystems
+    FileSystems.set_options(options)
     return load_config(require(options.view_as(ExportJobOptions).config, "--config"))
 
 

@@ -77,13 +77,13 @@ def test_upload_membership(vip_csv):
 def test_upload_errors(tmp_path, vip_csv):
     missing = tmp_path / "nope.csv"
     with pytest.raises(ValueError, match=f"^{missing}: cannot read upload file: No such file or directory$"):
-        audience_set(upload("vip", missing))
+        audience_set(upload("vip", missing)).uploads
     with pytest.raises(ValueError, match=rf"^{vip_csv}: no column 'mail' \(columns: name, email\)$"):
-        audience_set(upload("vip", vip_csv, column="mail"))
+        audience_set(upload("vip", vip_csv, column="mail")).uploads
     binary = tmp_path / "bin.csv"
     binary.write_bytes(b"email\n\xff\xfe\x00")
     with pytest.raises(ValueError, match=f"^{binary}: cannot read upload file"):
-        audience_set(upload("vip", binary))
+        audience_set(upload("vip", binary)).uploads
     config = make_config(audiences=(upload("vip", missing), audience("r", "a = ")), mapped=(), policies=POLICIES)
     assert check_audiences(config) == [
         f"audiences[0].upload: {missing}: cannot read upload file: No such file or directory",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import posixpath
 import re
 from typing import List, Mapping as TMapping, Optional, Sequence, Tuple
 
@@ -309,8 +310,14 @@ def _type_name(value) -> str:
 
 
 def _resolve(path: str, base_dir: str) -> str:
+    """``path`` relative to the config's folder, a local directory or a URL (``s3://b/cfg``:
+    ``../vip.csv`` is ``s3://b/vip.csv``; a URL's bucket is never left)."""
     if _URL.match(path) or os.path.isabs(path):
         return path
+    if _URL.match(base_dir):
+        scheme, rest = base_dir.split("://", 1)
+        bucket, _, folder = rest.partition("/")
+        return f"{scheme}://{bucket}{posixpath.normpath(posixpath.join('/', folder, path))}"
     return os.path.normpath(os.path.join(base_dir, path))
 
 
