@@ -23,7 +23,12 @@ setuptools.setup(
         # moto[server]: a real Kinesis endpoint (server mode) for tests and the local demo.
         # jsonschema: checks the documented config and samples against schemas/ in tests;
         # it already comes with moto[server], named here because tests import it directly.
-        "test": ["pytest>=8", "moto[server]>=5", "jsonschema>=4"],
+        # dask, distributed: tests run the backfill on Beam's DaskRunner against a real
+        # dask.distributed cluster (see the "dask" extra).
+        "test": ["pytest>=8", "moto[server]>=5", "jsonschema>=4", "dask>=2024.4.2", "distributed>=2024.4.2"],
+        # dask, distributed: the backfill on a Dask cluster (--runner DaskRunner), a distributed
+        # batch engine that needs no JVM; the versions Beam's DaskRunner supports.
+        "dask": ["dask>=2024.4.2", "distributed>=2024.4.2"],
         # duckdb: the reference the backfill benchmark is measured against (SPEC 8); never
         # needed at run time.
         "bench": ["duckdb>=1.0"],

@@ -46,11 +46,18 @@ def parse_time_option(value: Optional[str], flag: str) -> Optional[int]:
         raise UserError(f"{flag}: {e}") from None
 
 
+# runners Beam knows only by their class path; ours applies the job's filesystem options on Dask workers
+RUNNER_CLASSES = {"DaskRunner": "pipelines.dask_runner.DaskRunner"}
+
+
 def load_job_config(options: PipelineOptions) -> ExportConfig:
-    """The config, read after the job's filesystem options (``--s3_endpoint_url``, credentials,
-    GCS project) apply, so ``--config s3://...`` reads like every other path of the job."""
+    """The config, read after the job's options apply: filesystem options (``--s3_endpoint_url``,
+    credentials, GCS project) first, so ``--config s3://...`` reads like every other path of the
+    job; ``--runner DaskRunner`` becomes ``pipelines.dask_runner.DaskRunner``."""
     from apache_beam.io.filesystems import FileSystems
     FileSystems.set_options(options)
+    standard = options.view_as(StandardOptions)
+    standard.runner = RUNNER_CLASSES.get(standard.runner, standard.runner)
     return load_config(require(options.view_as(ExportJobOptions).config, "--config"))
 
 
