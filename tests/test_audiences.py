@@ -112,3 +112,19 @@ def test_events_and_next_change():
     assert auds.next_change_ms(events, NOW + DAY // 2) == NOW + 5 * DAY + 1
     assert auds.next_change_ms([], NOW) is None
     assert audience_set(audience("plain", "a = 1")).next_change_ms(events, NOW) is None
+
+
+def test_uploads_are_read_on_first_use_and_validation_reads_only_the_header(tmp_path):
+    """The launcher plans with an ``AudienceSet`` and validates the config; neither reads an
+    upload's values (workers do, in ``setup``), so its contents never travel in the pipeline."""
+    missing = tmp_path / "later.csv"
+    auds = audience_set(upload("vip", missing), audience("r", "n = 1"))
+    assert auds.event_retention_ms == 0 and [a.id for a in auds.ordered] == ["vip", "r"]
+    with pytest.raises(ValueError, match="cannot read upload file"):
+        auds.evaluate({}, {}, [], NOW)
+    body_unreadable = tmp_path / "big.csv"
+    body_unreadable.write_bytes(b"email\n" + b"ok@x.io\n" * 20_000 + b"\xff\xfe\n")  # past the first read
+    config = make_config(audiences=(upload("vip", body_unreadable),), mapped=(), policies=POLICIES)
+    assert check_audiences(config) == []
+    with pytest.raises(ValueError, match=f"^{body_unreadable}: cannot read upload file"):
+        AudienceSet.from_config(config).uploads
