@@ -80,19 +80,31 @@ def test_dockerfile_and_flex_template_metadata():
     docker = open("deploy/Dockerfile").read()
     assert re.search(r"^FROM apache/beam_python3\.11_sdk:\$\{BEAM_VERSION\}$", docker, re.M)
     assert "COPY setup.py" in docker and "pip install" in docker
+    assert "/opt/google/dataflow/python_template_launcher" in docker  # a Flex Template image needs the launcher
     entry = re.search(r"FLEX_TEMPLATE_PYTHON_PY_FILE=/opt/kinesis-export/(\S+)", docker).group(1)
-    assert os.path.exists(entry)
+    assert entry == "pipelines/${JOB}.py" and re.search(r"^ARG JOB=streaming$", docker, re.M)
     import importlib
-    importlib.import_module(entry[:-3].replace("/", "."))
-    meta = json.load(open("deploy/flex_template_metadata.json"))
-    assert meta["name"] and meta["description"]
-    names = {p["name"] for p in meta["parameters"]}
-    assert all({"name", "label", "helpText"} <= set(p) for p in meta["parameters"])
     flags = set(PipelineOptions([]).get_all_options(retain_unknown_options=False))
-    assert names <= flags and {"config", "input"} <= {p["name"] for p in meta["parameters"] if not p["isOptional"]}
+    for job, metadata, required in (("streaming", "deploy/flex_template_metadata.json", {"config", "input"}),
+                                    ("backfill", "deploy/backfill_flex_template_metadata.json", {"config", "snapshot"})):
+        assert os.path.exists(f"pipelines/{job}.py")
+        importlib.import_module(f"pipelines.{job}")
+        meta = json.load(open(metadata))
+        assert meta["name"] and meta["description"]
+        names = {p["name"] for p in meta["parameters"]}
+        assert all({"name", "label", "helpText"} <= set(p) for p in meta["parameters"])
+        assert names <= flags and required == {p["name"] for p in meta["parameters"] if not p["isOptional"]}
 
 
 FLINK_JOB_SERVER_OPTIONS = {"checkpointing_interval"}  # forwarded to Flink's job server
+
+
+def dask_flags():
+    """Beam's DaskOptions flags, whose names differ from their option names."""
+    pytest.importorskip("distributed")
+    from apache_beam.runners.dask.dask_runner import DaskOptions
+    assert PipelineOptions(["--dask_client_address", "tcp://h:8786"]).view_as(DaskOptions).address == "tcp://h:8786"
+    return {"dask_client_address"}
 
 
 def test_guide_commands_match_the_clis():
@@ -104,6 +116,6 @@ def test_guide_commands_match_the_clis():
     for command in commands:
         words = shlex.split(re.sub(r"\[.*?\]", "", command))
         flags = {w[2:].split("=")[0] for w in words if w.startswith("--")}
-        assert flags - known - FLINK_JOB_SERVER_OPTIONS == set(), command
+        assert flags - known - FLINK_JOB_SERVER_OPTIONS - dask_flags() == set(), command
         module = words[2].split(".")[1]
         assert os.path.exists(f"pipelines/{module}.py"), command
