@@ -109,7 +109,7 @@ def dask_flags():
 
 def test_guide_commands_match_the_clis():
     guide = open("docs/production.md").read() + open("README.md").read()
-    commands = [c for block in re.findall(r"```\n(.*?)```", guide, re.S)
+    commands = [c for block in re.findall(r"^ *```\w*\n(.*?)^ *```", guide, re.S | re.M)
                 for c in block.replace("\\\n", " ").splitlines() if c.strip().startswith("python -m pipelines.")]
     assert len(commands) >= 8
     known = set(PipelineOptions([]).get_all_options(retain_unknown_options=False))
