@@ -9,7 +9,7 @@ setuptools.setup(
     name="kinesis-profile-export",
     version="0.1.0",
     description="Apache Beam job streaming audience qualifications and profile attributes to Amazon Kinesis",
-    packages=["pipelines", "transforms", "schemas", "bench"],
+    packages=["pipelines", "transforms", "schemas"],
     package_data={"schemas": ["*.json", "*.avsc"]},
     python_requires=">=3.10",
     install_requires=[

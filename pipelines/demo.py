@@ -14,7 +14,7 @@ import time
 
 import yaml
 
-from bench.datagen import BASE_MS, make_updates, write_jsonl_updates, write_snapshot
+from pipelines.sample_data import BASE_MS, make_updates, write_jsonl_updates, write_snapshot
 from pipelines.local_kinesis import LocalKinesis
 
 DAY_MS = 86_400_000

@@ -65,3 +65,33 @@ def test_decide(before, after, ids, attrs, expected):
 ])
 def test_attribute_written(paths, written):
     assert DECIDER.mapped_attributes.any(paths) is written
+
+
+AFTER_CASES = [
+    # (id, before, after, identities_changed, attribute_written, expected plans): the identity and
+    # attribute triggers look at the statuses after the update; ups in config order, records in
+    # merge-policy order
+    ("identity trigger: policies realized after, not before", {"A1": 5}, {"B1": NOW}, True, False,
+     (plan("mp-a", [("A1", "exited", NOW)], "audience"),
+      plan("mp-b", [("B1", "realized", NOW)], "audience", "identity"))),
+    ("attribute trigger: policies realized after, not before", {"B1": 5}, {"A1": NOW, "B1": 5}, False, True,
+     (plan("mp-a", [("A1", "realized", NOW)], "audience", "attribute"),
+      plan("mp-b", [("B1", "realized", 5)], "attribute"))),
+    ("exit of the last mapped audience of a policy, unmapped member kept", {"A1": 5, "U1": 3}, {"U1": 3},
+     True, True, (plan("mp-a", [("A1", "exited", NOW), ("U1", "realized", 3)], "audience"),)),
+    ("attribute write of a profile realized in unmapped audiences only", {"U1": 3, "U2": 4}, {"U1": 3, "U2": 4},
+     True, True, ()),
+    ("unmapped exit alone exports nothing", {"A1": 5, "U1": 3}, {"A1": 5}, False, False, ()),
+    ("ups in config order, realized keep their time", {"U1": 2}, {"A2": NOW, "A1": 7, "U1": 2}, False, False,
+     (plan("mp-a", [("A1", "realized", 7), ("U1", "realized", 2), ("A2", "realized", NOW)], "audience"),)),
+    ("records in merge-policy order", {}, {"B1": NOW, "A2": NOW}, False, False,
+     (plan("mp-a", [("A2", "realized", NOW)], "audience"), plan("mp-b", [("B1", "realized", NOW)], "audience"))),
+    ("two exits of one policy in one record", {"A1": 1, "A2": 2, "B1": 3}, {"B1": 3}, False, False,
+     (plan("mp-a", [("A1", "exited", NOW), ("A2", "exited", NOW)], "audience"),)),
+]
+
+
+@pytest.mark.parametrize("before,after,ids,attrs,expected", [c[1:] for c in AFTER_CASES],
+                         ids=[c[0] for c in AFTER_CASES])
+def test_decide_on_statuses_after(before, after, ids, attrs, expected):
+    assert DECIDER.decide(before, after, NOW, ids, attrs) == expected

@@ -141,7 +141,7 @@ def test_avro_schema_documents_json_encoded_objects():
 
 
 def test_avro_schema_parses_and_round_trips(tmp_path):
-    from bench.datagen import write_avro_updates
+    from pipelines.sample_data import write_avro_updates
     from transforms.inputs import read_avro_updates
     path = write_avro_updates(str(tmp_path / "u.avro"), [SPEC_UPDATE])
     [update] = list(read_avro_updates(path))
