@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from bench.datagen import snapshot_table
+from pipelines.sample_data import snapshot_table
 from pipelines import backfill, replay, streaming
 from tests.conftest import REGION, kinesis_client, read_stream
 
