@@ -20,6 +20,7 @@ from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 import pyarrow as pa
 
 from transforms.config import AudienceDefinition, ExportConfig, UploadSource
+from transforms.errors import io_reason
 from transforms.rules import AudienceRule, RuleError, compile_rule
 from transforms.vectorized import identity_membership
 
@@ -47,18 +48,7 @@ def _read_upload(upload: UploadSource, header_only: bool = False) -> FrozenSet[s
     except _NoColumn:
         raise
     except Exception as e:  # any filesystem's "cannot open" (OSError, BeamIOError, S3 client errors), bad text
-        raise ValueError(f"{upload.path}: cannot read upload file: {_reason(e)}") from None
-
-
-def _reason(e: Exception) -> str:
-    """The first line of a filesystem error: the cause a user can act on, without the wrapping."""
-    strerror = getattr(e, "strerror", None)
-    if strerror:
-        return strerror
-    causes = getattr(e, "exception_details", None)  # BeamIOError: {path: cause}
-    if causes:
-        return _reason(next(iter(causes.values())))
-    return (str(e) or type(e).__name__).splitlines()[0]
+        raise ValueError(f"{upload.path}: cannot read upload file: {io_reason(e)}") from None
 
 
 def _order(audiences: Sequence[AudienceDefinition], refs: Mapping[str, FrozenSet[str]]) -> List[AudienceDefinition]:

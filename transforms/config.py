@@ -30,7 +30,7 @@ from typing import List, Mapping as TMapping, Optional, Sequence, Tuple
 
 import yaml
 
-from transforms.errors import UserError
+from transforms.errors import UserError, io_reason
 from transforms.timeutil import parse_timestamp_ms
 
 
@@ -335,7 +335,7 @@ def load_config(path: str, environ: Optional[TMapping[str, str]] = None) -> Expo
     try:
         text = _read_text(path)
     except Exception as e:  # any filesystem's "cannot open" becomes one line
-        raise ConfigFileError([f"cannot read config file: {getattr(e, 'strerror', None) or e}"], path) from None
+        raise ConfigFileError([f"cannot read config file: {io_reason(e)}"], path) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
