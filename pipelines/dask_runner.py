@@ -11,14 +11,22 @@ instance role over ``--s3_secret_access_key`` on shared clusters. One cluster ru
 a time with these settings (a later job's registration replaces them).
 
 Without ``--dask_client_address`` (or ``--dask_scheduler_file``) a ``LocalCluster`` is started
-in this process, as Beam's runner would, and lives as long as the process.
+in this process, as Beam's runner would. When the job has finished, its client is closed (Beam's
+runner leaves it open, and it then complains when the cluster goes) and so is such a cluster.
 """
 from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Optional
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.dask.dask_runner import DaskOptions
 from apache_beam.runners.dask.dask_runner import DaskRunner as BeamDaskRunner
+from apache_beam.runners.dask.dask_runner import DaskRunnerResult
+from apache_beam.runners.runner import PipelineState
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -35,20 +43,38 @@ class ApplyFileSystemOptions(WorkerPlugin):
         FileSystems.set_options(PipelineOptions.from_dictionary(self.options))
 
 
+@dataclasses.dataclass
+class DaskJobResult(DaskRunnerResult):
+    """Beam's result, closing the job's client (and a cluster started for the job) at its end."""
+
+    cluster: Optional[LocalCluster] = None
+
+    def wait_until_finish(self, duration=None) -> str:
+        try:
+            return super().wait_until_finish(duration)
+        finally:
+            if PipelineState.is_terminal(self._state):
+                self.client.close()
+                if self.cluster is not None:
+                    self.cluster.close()
+
+
 class DaskRunner(BeamDaskRunner):
     """Beam's ``DaskRunner`` whose workers read ``s3://``/``gs://`` with the job's options."""
 
-    _local_clusters: list = []  # started here when no address is given; closed at exit
-
     def run_pipeline(self, pipeline, options):
         dask = options.view_as(DaskOptions)
+        cluster = None
         if dask.address is None and dask.scheduler_file is None:
+            # the cluster's INFO lines are not the job's: quiet here and in the spawned workers
+            logging.getLogger("distributed").setLevel(logging.WARNING)
+            os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
             cluster = LocalCluster(dashboard_address=None)
-            self._local_clusters.append(cluster)
             dask.address = cluster.scheduler_address
         connect = {"timeout": dask.timeout} if dask.timeout is not None else {}
         with Client(address=dask.address, scheduler_file=dask.scheduler_file, set_as_default=False,
                     **connect) as client:
             client.register_plugin(ApplyFileSystemOptions(options.get_all_options(drop_default=True)),
                                    name=PLUGIN_NAME)
-        return super().run_pipeline(pipeline, options)
+        result = super().run_pipeline(pipeline, options)
+        return DaskJobResult(result.client, result.futures, cluster)

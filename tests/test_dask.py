@@ -2,6 +2,7 @@
 cluster of two worker processes (a scheduler, pickled work, workers that share nothing with this
 process), through the same command line as on the DirectRunner, giving the same records."""
 import os
+import time
 
 import pytest
 
@@ -39,27 +40,23 @@ def on_dask(cluster):
     return ["--runner", "DaskRunner", "--dask_client_address", cluster.scheduler_address]
 
 
-def close_job_client():
-    """Beam's DaskRunner leaves its client open; close it before the cluster goes."""
-    from distributed import default_client
-    default_client().close()
-
-
 @pytest.fixture(scope="module")
 def direct_records(inputs, tmp_path_factory):
     return run_backfill(inputs, str(tmp_path_factory.mktemp("direct")))
 
 
 def test_backfill_on_dask_gives_the_direct_runner_records(cluster, inputs, direct_records, tmp_path):
-    try:
-        records = run_backfill(inputs, str(tmp_path / "out"), *on_dask(cluster))
-    finally:
-        close_job_client()
+    records = run_backfill(inputs, str(tmp_path / "out"), *on_dask(cluster))
     assert len(direct_records) > 100
     assert records == direct_records
-    # the DoFns ran as tasks of the cluster's scheduler, on its two worker processes
+    # the DoFns ran as tasks of the cluster's scheduler, on its two worker processes; the job's
+    # client is closed at its end, the cluster stays up
     assert len(cluster.workers) == 2 and all(w.process.is_alive() for w in cluster.workers.values())
     assert any(prefix.startswith("apply_dofn_to_bundle") for prefix in cluster.scheduler.task_prefixes)
+    deadline = time.time() + 10
+    while cluster.scheduler.clients.keys() - {"fire-and-forget"} and time.time() < deadline:
+        time.sleep(0.1)
+    assert not cluster.scheduler.clients.keys() - {"fire-and-forget"}
 
 
 def test_dask_workers_read_s3_with_the_job_options(cluster, moto_server, direct_records, tmp_path):
@@ -69,8 +66,5 @@ def test_dask_workers_read_s3_with_the_job_options(cluster, moto_server, direct_
     client.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "us-east-2"})
     store = S3(client, bucket)
     store.put(tree("http://127.0.0.1:9", "unused"))
-    try:
-        records = run_backfill(store, str(tmp_path / "out"), *on_dask(cluster), *s3_options(moto_server))
-    finally:
-        close_job_client()
+    records = run_backfill(store, str(tmp_path / "out"), *on_dask(cluster), *s3_options(moto_server))
     assert records == direct_records
