@@ -18,14 +18,15 @@ setuptools.setup(
         "fastavro>=1.9",
         "pyarrow>=15",
         "PyYAML>=6",
+        # jsonschema: the config is checked at load time against schemas/config.schema.json,
+        # the one description of its structure (types, required and unknown keys, ranges)
+        "jsonschema>=4.18",
     ],
     extras_require={
         # moto[server]: a real Kinesis endpoint (server mode) for tests and the local demo.
-        # jsonschema: checks the documented config and samples against schemas/ in tests;
-        # it already comes with moto[server], named here because tests import it directly.
         # dask, distributed: tests run the backfill on Beam's DaskRunner against a real
         # dask.distributed cluster (see the "dask" extra).
-        "test": ["pytest>=8", "moto[server]>=5", "jsonschema>=4", "dask>=2024.4.2", "distributed>=2024.4.2"],
+        "test": ["pytest>=8", "moto[server]>=5", "dask>=2024.4.2", "distributed>=2024.4.2"],
         # dask, distributed: the backfill on a Dask cluster (--runner DaskRunner), a distributed
         # batch engine that needs no JVM; the versions Beam's DaskRunner supports.
         "dask": ["dask>=2024.4.2", "distributed>=2024.4.2"],
