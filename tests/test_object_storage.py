@@ -206,3 +206,13 @@ def test_bad_paths_on_s3_are_one_line(runs, moto_server, args, message):
     code, err = run_cli(backfill, argv + s3_options(moto_server))
     assert code == 2
     assert err.strip().splitlines() == [message.format(bucket=store.bucket)]
+
+
+def test_validate_reads_a_config_on_s3(runs, moto_server, capsys):
+    from pipelines import validate
+    store = runs["s3"][0]
+    assert validate.main(["--config", store.path("cfg/config.yaml"), *s3_options(moto_server)]) == 0
+    assert capsys.readouterr().out.startswith(f"OK: {store.path('cfg/config.yaml')}: 4 audiences")
+    with pytest.raises(SystemExit) as exit_:
+        validate.main(["--config", store.path("cfg/config.yaml"), "--s3_endpoint", moto_server])
+    assert exit_.value.code == 2 and "unrecognized arguments: --s3_endpoint" in capsys.readouterr().err
