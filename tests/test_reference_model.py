@@ -290,8 +290,8 @@ ACTIVATION_SCENARIOS = [
     Case("opt-out: the mapped audiences held, exited at the update's time, then identityMap only",
          [u(T0, {**DELOREAN, "interests": {"scifi": True}, **JO, **YES}, ids={"email": ("j@x",)}),
           u(T0 + H, {**NO, "person": {"name": {"firstName": "Al"}}}),
-          u(T0 + 2 * H, {"person": {"name": {"firstName": "Bo"}}}, ids={"ecid": ("e1",)}),   # withheld
-          u(T0 + 3 * H, TESLA),                                                              # withheld
+          u(T0 + 2 * H, {"person": {"name": {"firstName": "Bo"}}}),     # withheld (no rule reads it)
+          u(T0 + 3 * H, TESLA, ids={"ecid": ("e1",)}),                  # withheld
           u(T0 + 4 * H, YES),                                # consents again, in no mapped audience: nothing
           u(T0 + 5 * H, DELOREAN)],
          [rec("mp-default", "consent", data(JO, {"delorean": at(R, T0), "fans": at(R, T0)}, J)),
