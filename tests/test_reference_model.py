@@ -8,6 +8,13 @@ events in and out of windows, an upload audience, both merge policies, with and 
 through the reference; the records (partition key, merge policy, triggers, data with its key
 order) must be identical. At the end of input both act on the window changes due by ``until``
 (all of them without it), as the runner's timers do when a bounded input ends.
+
+The activation controls get their own literal scenarios (opt-out, opt-in, consent and statuses
+changing together, a first update that consents and qualifies, consent per merge policy view,
+seeded members with and without consent, triggers switched off, upload expiry by timer, at an
+update, at and after ``until``, export metadata), and half the random streams run with them on
+(export metadata, an expiring upload, random trigger switches and consent); there the consent
+metrics (withheld, opt-outs, opt-ins) must match too.
 """
 import copy
 import dataclasses
