@@ -1,5 +1,5 @@
-"""``python -m pipelines.replay --config CONFIG --dead_letter PATH``: send dead-lettered records
-again (SPEC 7), through the sink's own batching, ordering and retry code (``RecordSender``).
+"""``python -m pipelines.replay --config CONFIG [--dead_letter PATH]``: send dead-lettered records
+again (docs/semantics.md, "Dead letters"), through the sink's own batching, ordering and retry code (``RecordSender``).
 
 Files under ``<PATH>/records/`` are taken oldest first, each read as a stream (at most
 ``FLUSH_EVERY`` records held). What fails again goes to a new dead-letter file there; then the
@@ -8,20 +8,24 @@ replay. Crash safety: a crash before the move sends that one file again on the n
 (delivered records twice, at least once; never lost), and a crash before the new file is renamed
 into place leaves only a hidden ``.tmp`` behind. A plain Python loop, not a Beam pipeline: one
 process sending in order is what keeps per-key order across a replay, and dead letters are
-small. Beam options on the command line are accepted and ignored.
+small. Beam's filesystem options on the command line apply to the dead-letter path; the other
+Beam options are accepted and have nothing to act on. ``--dead_letter`` defaults to the config's
+``dead_letter``; a path that does not exist is an error, not an empty replay.
 """
 from __future__ import annotations
 
 import base64
 import json
 import sys
+import time
 from typing import Optional, Sequence
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.common import cli_main, load_job_config, require
+from pipelines.common import ConfigOptions, cli_main, load_job_config, parse_command_line
 from transforms.dead_letter import BundleFileWriter
+from transforms.errors import UserError
 from transforms.kinesis import RecordSender, check_stream, dead_letter_line, encode_data, make_client
 
 FLUSH_EVERY = 5000
@@ -30,7 +34,12 @@ FLUSH_EVERY = 5000
 class ReplayOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--dead_letter", help="the dead-letter root (the config's dead_letter)")
+        parser.add_argument("--dead_letter", metavar="PATH",
+                            help="the dead-letter root whose records/ to send (default: the config's dead_letter)")
+
+
+SUMMARY = "Send the records of a dead letter to the configured stream again."
+USAGE = "--config CONFIG [--dead_letter PATH] [Beam options]"
 
 
 def _record(doc: dict):
@@ -85,9 +94,13 @@ def replay(config, root: str, client=None) -> dict:
 
 
 def run(argv: Sequence[str]) -> int:
+    parse_command_line(argv, "python -m pipelines.replay", USAGE, SUMMARY, [ConfigOptions, ReplayOptions])
     options = PipelineOptions(argv)
-    root = require(options.view_as(ReplayOptions).dead_letter, "--dead_letter")
+    FileSystems.set_options(options)
     config = load_job_config(options)
+    root = options.view_as(ReplayOptions).dead_letter or config.destination.dead_letter
+    if not FileSystems.exists(root):
+        raise UserError(f"--dead_letter {root}: no such directory")
     totals = replay(config, root)
     print(f"replay: {totals['files']} dead-letter files, {totals['sent']} records delivered, "
           f"{totals['failed']} failed again (kept in the dead letter)"

@@ -1,12 +1,12 @@
-"""``python -m pipelines.streaming``: profile updates in, export records to Kinesis (SPEC 2).
+"""``python -m pipelines.streaming``: profile updates in, export records to Kinesis.
 
     python -m pipelines.streaming --config CONFIG --input SOURCE [--seed_snapshot GLOB]
-                                  [--until ISO8601] [--output kinesis|PATH] [Beam options]
+                                  [--until ISO8601] [--output kinesis|DIR] [Beam options]
 
 SOURCE is a JSONL/Avro path or glob (bounded replay: the job ends when the input is consumed),
 ``watch:DIR`` (new files read as they land) or ``kinesis:STREAM`` (every shard of an input
 stream). Without ``--runner``, a bounded replay runs on the ``BundleBasedDirectRunner`` (keyed
-state is several times faster there than on the FnApiRunner, SPEC 9), and an unbounded source on
+state is several times faster there than on the FnApiRunner, docs/DEVELOPING.md), and an unbounded source on
 the ``DirectRunner``, the local runner that executes splittable sources: on Prism (when it can be
 downloaded) records stream as they come; on its offline fallback, the batch engine, they reach the
 export when the source stops (``--stop_after_s``). Flink and Dataflow stream them as they come.
@@ -21,9 +21,9 @@ from typing import Optional, Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.common import (ExportJobOptions, check_output, cli_main, default_runner,
-                              load_job_config, metric_total, parse_time_option, require,
-                              write_output)
+from pipelines.common import (KINESIS, ConfigOptions, ExportJobOptions, ProgressOptions, check_output, cli_main,
+                              count, default_runner, job_counts, load_job_config, parse_command_line,
+                              parse_time_option, rate, require, run_pipeline, write_output)
 from transforms.config import ExportConfig
 from transforms.dead_letter import WriteDeadLetters
 from transforms.errors import UserError
@@ -37,15 +37,20 @@ KINESIS_INPUT = "kinesis:"
 class StreamingOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--input", help="JSONL/Avro glob, watch:DIR or kinesis:STREAM")
-        parser.add_argument("--seed_snapshot", help="Parquet snapshot glob of the state already known")
-        parser.add_argument("--until", help="bounded replay: evaluation time at the end of input "
-                                            "(ISO-8601; default: the wall clock)")
-        parser.add_argument("--poll_interval_s", type=float, default=5.0,
-                            help="watch:DIR and kinesis:STREAM poll interval in seconds")
-        parser.add_argument("--stop_after_s", type=float, default=None,
-                            help="unbounded sources: stop watching after this many seconds "
-                                 "(kinesis: after this long without new records); for demos and tests")
+        parser.add_argument("--input", metavar="SOURCE",
+                            help="update files (path, glob or directory), watch:DIR or kinesis:STREAM (required)")
+        parser.add_argument("--seed_snapshot", metavar="GLOB", help="Parquet snapshot of the state already known")
+        parser.add_argument("--until", metavar="ISO8601",
+                            help="bounded input: evaluation time at its end (default: now)")
+        parser.add_argument("--poll_interval_s", type=float, default=5.0, metavar="S",
+                            help="watch: and kinesis: sources: seconds between polls")
+        parser.add_argument("--stop_after_s", type=float, default=None, metavar="S",
+                            help="watch: and kinesis: sources: stop after S seconds (kinesis: S idle)")
+
+
+SUMMARY = "Read profile updates, evaluate the audiences and export each change of a profile."
+USAGE = ("--config CONFIG --input SOURCE [--seed_snapshot GLOB] [--until ISO8601] "
+         "[--output kinesis|DIR [--overwrite]] [Beam options]")
 
 
 def is_unbounded(source: str) -> bool:
@@ -80,38 +85,51 @@ def build(pipeline: beam.Pipeline, config: ExportConfig, options: PipelineOption
     elif streaming.until:
         raise UserError("--until applies to a bounded replay only, not to " + source)
     read = read_updates(pipeline, source, config, streaming)
-    read.dead_letter | "InputDeadLetters" >> WriteDeadLetters(config.destination.dead_letter)
+    updates = count(read.updates, "updates")
+    count(read.dead_letter, "inputs_dead_lettered") | "InputDeadLetters" >> WriteDeadLetters(
+        config.destination.dead_letter)
     seed = None
     if streaming.seed_snapshot:
         from transforms.snapshot import ReadSnapshotProfiles
         seed = pipeline | "ReadSeed" >> ReadSnapshotProfiles(streaming.seed_snapshot)
-    records = read.updates | "ExportProfileChanges" >> ExportProfileChanges(config, seed=seed, until_ms=until_ms)
+    records = updates | "ExportProfileChanges" >> ExportProfileChanges(config, seed=seed, until_ms=until_ms)
     write_output(records, config, job.output, live=is_unbounded(source))
 
 
 def run(argv: Sequence[str]) -> int:
+    parse_command_line(argv, "python -m pipelines.streaming", USAGE, SUMMARY,
+                       [ConfigOptions, ExportJobOptions, StreamingOptions, ProgressOptions])
     options = PipelineOptions(argv)
     streaming = options.view_as(StreamingOptions)
     require(streaming.input, "--input")
     config = load_job_config(options)
-    output = options.view_as(ExportJobOptions).output
-    check_output(config, output)
+    job = options.view_as(ExportJobOptions)
+    check_output(config, job.output, job.overwrite)
     default_runner(options, "DirectRunner" if is_unbounded(streaming.input) else "BundleBasedDirectRunner")
     pipeline = beam.Pipeline(options=options)
     build(pipeline, config, options)
-    result = pipeline.run()
-    result.wait_until_finish()
-    print(summary(result), file=sys.stderr)
+    result = run_pipeline(pipeline, options, report_progress)
+    print(summary(job_counts(result, COUNTS), config, job.output), file=sys.stderr)
     return 0
 
 
-def summary(result) -> str:
-    updates = metric_total(result, "updates", "export")
-    exported = metric_total(result, "records_sent") or metric_total(result, "records_written")
-    input_dl = metric_total(result, "input_dead_letters")
-    record_dl = metric_total(result, "records_dead_lettered")
-    return (f"streaming: {updates} updates, {exported} records exported, "
-            f"{input_dl} inputs and {record_dl} records dead-lettered")
+COUNTS = ("updates", "inputs_dead_lettered", "records", "records_dead_lettered")
+
+
+def report_progress(counts, elapsed_s: float) -> None:
+    updates = counts.get("updates", 0)
+    print(f"streaming: {updates} updates read ({rate(updates, elapsed_s)}), "
+          f"{counts.get('inputs_dead_lettered', 0)} inputs dead-lettered, {counts.get('records', 0)} records out, "
+          f"{elapsed_s:.0f} s", file=sys.stderr, flush=True)
+
+
+def summary(counts, config: ExportConfig, output: str) -> str:
+    """The closing line: exact counts of what was read, written or sent, and dead-lettered."""
+    records, dead = counts["records"], counts["records_dead_lettered"]
+    where = f"sent to stream {config.destination.stream}" if output == KINESIS else f"written to {output}"
+    return (f"streaming: {counts['updates'] + counts['inputs_dead_lettered']} inputs read: {counts['updates']} updates, "
+            f"{counts['inputs_dead_lettered']} dead-lettered; {records - dead} records {where}, "
+            f"{dead} records dead-lettered")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

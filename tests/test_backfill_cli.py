@@ -99,7 +99,7 @@ def test_backfill_to_files_matches_the_per_profile_path(job):
     crm = sum(b'"aud-gold"' in data for _, data in got)   # each record is of one policy
     assert summary == (f"backfill as of 2024-05-01T00:00:00Z: 2500 profiles read; members aud-delorean: "
                        f"{len(got) - crm}, aud-gold: {crm}; records mp-default: {len(got) - crm}, mp-crm: {crm}; "
-                       "0 records dead-lettered")
+                       f"{len(got)} records written to {out}, 0 records dead-lettered")
     assert not glob.glob(str(out / ".*"))
 
 

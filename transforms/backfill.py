@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
+from transforms import progress
 from transforms.audiences import AudienceSet
 from transforms.config import ExportConfig
 from transforms.file_sink import RecordLines
@@ -337,6 +338,7 @@ class _ExportRowGroupFn(beam.DoFn):
         path, row_group = item
         for batch in open_parquet(path).iter_batches(batch_size=self._batch_size, row_groups=[row_group]):
             self._profiles.inc(len(batch))
+            progress.add("profiles", len(batch))
             results, members = self._exporter.export(batch)
             for records in results:
                 self._records.inc(len(records.partition_keys))
