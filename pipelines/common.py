@@ -101,8 +101,8 @@ def help_text(prog: str, usage: str, summary: str, parser: argparse.ArgumentPars
         lines.append(f"  {flag:<30} {action.help or ''}{default}")
     lines.append(f"  {'-h, --help':<30} show this help and exit")
     if beam_options:
-        lines += ["", "Beam's pipeline options are accepted too and passed to the runner (--runner, --streaming,",
-                  "--setup_file, Flink, Dataflow and filesystem options)."]
+        lines += ["", "Beam's pipeline options are accepted too (--runner, --streaming, --setup_file, Flink, Dataflow",
+                  "and filesystem options)."]
     lines.append("Inputs, outputs and what is exported: docs/semantics.md.")
     return "\n".join(lines)
 

@@ -209,7 +209,7 @@ def test_load_config_reads_json_and_yaml(tmp_path):
 
 @pytest.mark.parametrize("content,message", [
     (None, "cannot read config file: No such file or directory"),
-    ("destination: [unclosed\n", "not valid YAML or JSON at line 2, column 1"),
+    ("destination: [unclosed\n", "not valid YAML or JSON at line 1, column 23"),
     ('{"destination": "x"', "not valid YAML or JSON at line 1, column 20: expected ',' or '}'"),
 ])
 def test_an_unreadable_file_is_one_error(tmp_path, content, message):
