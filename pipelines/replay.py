@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.common import ConfigOptions, cli_main, load_job_config, parse_command_line
+from pipelines.common import ConfigOptions, ProgressOptions, cli_main, load_job_config, parse_command_line, rate
 from transforms.dead_letter import BundleFileWriter
 from transforms.errors import UserError
 from transforms.kinesis import RecordSender, check_stream, dead_letter_line, encode_data, make_client
@@ -49,7 +49,7 @@ def _record(doc: dict):
     return doc["partitionKey"], encode_data(data)
 
 
-def replay(config, root: str, client=None) -> dict:
+def replay(config, root: str, client=None, progress_interval_s: float = 10.0) -> dict:
     dest = config.destination
     client = client or make_client(dest)
     check_stream(dest, client)
@@ -58,6 +58,7 @@ def replay(config, root: str, client=None) -> dict:
     found = FileSystems.match([FileSystems.join(records_dir, "*.jsonl")])[0].metadata_list
     totals = {"files": 0, "sent": 0, "failed": 0, "unreadable": 0}
     sender = RecordSender(client, dest.stream, dest.retry)
+    started = last_report = time.monotonic()
 
     def flush(still_failing: BundleFileWriter) -> None:
         report = sender.flush()
@@ -65,6 +66,13 @@ def replay(config, root: str, client=None) -> dict:
             still_failing.write(dead_letter_line(failed, dest.stream))
         totals["sent"] += report.sent
         totals["failed"] += len(report.dead)
+        nonlocal last_report
+        now = time.monotonic()
+        if progress_interval_s > 0 and now - last_report >= progress_interval_s:
+            last_report = now
+            print(f"replay: file {totals['files'] + 1} of {len(found)}, {totals['sent']} records delivered "
+                  f"({rate(totals['sent'], now - started)}), {totals['failed']} failed again, {now - started:.0f} s",
+                  file=sys.stderr, flush=True)
 
     for meta in sorted(found, key=lambda m: (m.last_updated_in_seconds, m.path)):
         still_failing = BundleFileWriter(records_dir, "records-replay")
@@ -94,14 +102,15 @@ def replay(config, root: str, client=None) -> dict:
 
 
 def run(argv: Sequence[str]) -> int:
-    parse_command_line(argv, "python -m pipelines.replay", USAGE, SUMMARY, [ConfigOptions, ReplayOptions])
+    parse_command_line(argv, "python -m pipelines.replay", USAGE, SUMMARY,
+                       [ConfigOptions, ReplayOptions, ProgressOptions])
     options = PipelineOptions(argv)
     FileSystems.set_options(options)
     config = load_job_config(options)
     root = options.view_as(ReplayOptions).dead_letter or config.destination.dead_letter
     if not FileSystems.exists(root):
         raise UserError(f"--dead_letter {root}: no such directory")
-    totals = replay(config, root)
+    totals = replay(config, root, progress_interval_s=options.view_as(ProgressOptions).progress_interval_s)
     print(f"replay: {totals['files']} dead-letter files, {totals['sent']} records delivered, "
           f"{totals['failed']} failed again (kept in the dead letter)"
           + (f", {totals['unreadable']} unreadable lines kept" if totals["unreadable"] else ""), file=sys.stderr)
