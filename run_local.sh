@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# ./run_local.sh          the local demo (SPEC 1): venv, install, moto Kinesis, backfill, streaming replay
+# ./run_local.sh          the local demo (README.md): venv, install, moto Kinesis, backfill, streaming replay
 # ./run_local.sh test     the whole test suite
-# ./run_local.sh bench    the benchmarks of SPEC 8 (regenerates BENCHMARKS.md)
+# ./run_local.sh bench    the benchmarks of BENCHMARKS.md (regenerates BENCHMARKS.md)
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}

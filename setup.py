@@ -24,7 +24,7 @@ setuptools.setup(
         # jsonschema: checks the documented config and samples against schemas/ in tests;
         # it already comes with moto[server], named here because tests import it directly.
         "test": ["pytest>=8", "moto[server]>=5", "jsonschema>=4"],
-        # duckdb: the reference the backfill benchmark is measured against (SPEC 8); never
+        # duckdb: the reference the backfill benchmark is measured against (BENCHMARKS.md); never
         # needed at run time.
         "bench": ["duckdb>=1.0"],
     },

@@ -55,7 +55,7 @@ def job(tmp_path_factory):
 
 
 def expected_records(config_path, snapshot, selected, events_pattern=None):
-    """The per-profile path: rules on the row, then the streaming formatter (SPEC 6 "Backfill")."""
+    """The per-profile path: rules on the row, then the streaming formatter (docs/semantics.md#exports "Backfill")."""
     config = load_config(config_path)
     audiences, formatter = AudienceSet.from_config(config), RecordFormatter(config)
     events = read_events(events_pattern) if events_pattern else {}

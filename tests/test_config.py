@@ -1,4 +1,4 @@
-"""Config loading and validation (SPEC 3): every error kind with its field path, all at once,
+"""Config loading and validation (docs/semantics.md#configuration): every error kind with its field path, all at once,
 ``${NAME}`` expansion, paths resolved against the config's folder, secrets never shown."""
 import copy
 import json

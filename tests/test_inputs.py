@@ -1,4 +1,4 @@
-"""Profile update parsing (SPEC 4): each kind of malformed input becomes a dead letter with its
+"""Profile update parsing (docs/semantics.md#inputs): each kind of malformed input becomes a dead letter with its
 reason and position; the records around it go on."""
 import gzip
 import json

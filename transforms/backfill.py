@@ -1,4 +1,4 @@
-"""Backfill: a snapshot's qualified profiles as export records, vectorized (SPEC 6 "Backfill").
+"""Backfill: a snapshot's qualified profiles as export records, vectorized (docs/semantics.md#exports "Backfill").
 
 For the selected mapped audiences, every row whose rule holds at ``as_of`` is exported once
 per merge policy, as ``realized``: the selected audiences it qualifies for play the part of the
@@ -56,7 +56,7 @@ def _concat(*parts) -> pa.Array:
 def _join_members(members: Sequence[pa.Array]) -> pa.Array:
     """Concatenation of each row's present members ("" where none), in one pass. Members
     carry their own leading comma; ``null_handling="replace"``, not ``"skip"``, which drops
-    rows whose values are all null (SPEC 9)."""
+    rows whose values are all null (docs/DEVELOPING.md)."""
     return pc.binary_join_element_wise(*members, "", null_handling="replace", null_replacement="")
 
 

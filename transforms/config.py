@@ -1,10 +1,10 @@
-"""Typed, immutable configuration of one export (SPEC 3).
+"""Typed, immutable configuration of one export (docs/semantics.md#configuration).
 
 The loader (``load_config``) and its validation live below the types. Every object here is a
 frozen dataclass so a config can be captured by DoFns, pickled to workers and shared safely.
 Times are epoch milliseconds (UTC) because that is what export records carry.
 
-Loader decisions (SPEC 3 leaves them open):
+Loader decisions (docs/semantics.md#configuration leaves them open):
 
 - Every problem is collected and raised at once in one ``ConfigError`` (``field.path: message``,
   list indexes from 0), so a user fixes a config in one round. Rule syntax, ``inSegment``

@@ -1,8 +1,8 @@
-"""``ExportProfileChanges``: profile updates in, export records out (SPEC 5-6), over keyed state.
+"""``ExportProfileChanges``: profile updates in, export records out (docs/semantics.md#profiles-and-audiences), over keyed state.
 
 One stateful DoFn keyed by profileId with one ``ReadModifyWriteState`` cell (the whole
 ``ProfileState``, ``ProfileStateCoder``) and, only when some rule reads events, one event-time
-timer: each state cell or timer costs the DirectRunner a per-key, per-bundle price (SPEC 9).
+timer: each state cell or timer costs the DirectRunner a per-key, per-bundle price (docs/DEVELOPING.md).
 A record keeps the element timestamp of what produced it: its update (the readers stamp each
 update with its own time) or its timer; a time-window change caught up by a later update goes
 out with that update's timestamp. (Re-stamping each record with its ``event_time_ms`` cost the
@@ -17,7 +17,7 @@ Event time, per profile:
 - time-window changes are due at ``AudienceSet.next_change_ms``; the timer is set only when
   that instant changes, and only when some rule reads events. Changes due strictly before an
   update are acted on first, inline, at their own instants (a bounded input is read before any
-  timer fires, SPEC 2), so the timer only ever catches a profile that stays quiet;
+  timer fires, docs/semantics.md#command-lines), so the timer only ever catches a profile that stays quiet;
 - with ``until_ms`` (bounded replay) nothing due after it is acted on: the watermark jumps to
   +inf at the end of a bounded input and would fire everything. (The DirectRunner holds no
   watermark for timers, so records of timers that fire only at that +inf are late for a
@@ -284,7 +284,7 @@ class _TimedExportProfileChangesFn(_ExportProfileChangesFn):
 
 
 class ExportProfileChanges(beam.PTransform):
-    """``PCollection[ProfileUpdate]`` -> ``PCollection[ExportRecord]`` (SPEC 6), optionally
+    """``PCollection[ProfileUpdate]`` -> ``PCollection[ExportRecord]`` (docs/semantics.md#exports), optionally
     seeded from ``PCollection[SnapshotProfile]``; ``until_ms`` caps time-window changes in a
     bounded replay."""
 

@@ -1,4 +1,4 @@
-"""When a profile is exported and which records it gets (SPEC 6 points 1-4).
+"""When a profile is exported and which records it gets (docs/semantics.md#exports points 1-4).
 
 Given the memberships before and after an update (or timer), whether the identity map changed
 and whether a mapped attribute was written, ``ExportDecider.decide`` names the records to emit:

@@ -1,4 +1,4 @@
-"""Parquet profile snapshots (SPEC 4): record batches for the backfill, profile states for the
+"""Parquet profile snapshots (docs/semantics.md#inputs): record batches for the backfill, profile states for the
 streaming seed, and experience events for event rules in a backfill.
 
 A snapshot row: ``profileId`` (string), ``timestamp`` (Parquet timestamp, UTC), ``identityMap``
