@@ -33,7 +33,7 @@ def job_inputs(tmp_path_factory):
 def built(job, argv):
     options = PipelineOptions(argv)
     pipeline = beam.Pipeline(runner="DirectRunner", options=options)  # built, never run remotely
-    job.build(pipeline, load_config(options.view_as(streaming.ExportJobOptions).config), options)
+    job.build(pipeline, load_config(options.view_as(streaming.ConfigOptions).config), options)
     return pipeline
 
 
