@@ -111,16 +111,16 @@ def run(argv: Sequence[str]) -> int:
     selected, as_of_ms = build(pipeline, config, options)
     total = snapshot_rows(options.view_as(BackfillOptions).snapshot)
     result = run_pipeline(pipeline, options, lambda counts, elapsed: report_progress(counts, elapsed, total))
-    counts = job_counts(result, ("records", "records_dead_lettered"))
-    profiles = progress.counts().get("profiles") or metric_total(result, "profiles", "backfill")
+    counts = job_counts(result, (progress.RECORDS, progress.RECORDS_DEAD_LETTERED))
+    profiles = progress.counts().get(progress.PROFILES) or metric_total(result, "profiles", "backfill")
     per_audience = ", ".join(f"{a}: {metric_total(result, 'members_' + a, 'backfill')}" for a in selected)
     per_policy = ", ".join(f"{p.id}: {metric_total(result, 'records_' + p.id, 'backfill')}"
                            for p in config.merge_policies)
     output = options.view_as(ExportJobOptions).output
     where = f"sent to stream {config.destination.stream}" if output == KINESIS else f"written to {output}"
-    dead = counts["records_dead_lettered"]
+    dead = counts[progress.RECORDS_DEAD_LETTERED]
     print(f"backfill as of {format_qualification_time(as_of_ms)}: {profiles} profiles read; members {per_audience}; "
-          f"records {per_policy}; {counts['records'] - dead} records {where}, {dead} records dead-lettered",
+          f"records {per_policy}; {counts[progress.RECORDS] - dead} records {where}, {dead} records dead-lettered",
           file=sys.stderr)
     return 0
 
@@ -134,10 +134,10 @@ def snapshot_rows(pattern: str) -> Optional[int]:
 
 
 def report_progress(counts, elapsed_s: float, total: Optional[int]) -> None:
-    profiles = counts.get("profiles", 0)
+    profiles = counts.get(progress.PROFILES, 0)
     share = f" of {total} ({100 * profiles / total:.0f}%)" if total else ""
     print(f"backfill: {profiles}{share} profiles read ({rate(profiles, elapsed_s)}), "
-          f"{counts.get('records', 0)} records out, {elapsed_s:.0f} s", file=sys.stderr, flush=True)
+          f"{counts.get(progress.RECORDS, 0)} records out, {elapsed_s:.0f} s", file=sys.stderr, flush=True)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -174,11 +174,11 @@ def write_output(records: beam.PCollection, config: ExportConfig, output: str, l
     """``--output kinesis`` (checked with ListStreams before the pipeline starts) or a directory.
     ``live=False`` (replays, backfills): update times are history, so no latency alerts. Counts
     ``records`` going out and, for Kinesis, ``records_dead_lettered`` (sent = the difference)."""
-    records = count(records, "records", record_count)
+    records = count(records, progress.RECORDS, record_count)
     if output == KINESIS:
         from transforms.kinesis import KinesisWrite
         failed = records | "WriteToKinesis" >> KinesisWrite(config.destination, alerts=config.alerts if live else None)
-        return count(failed, "records_dead_lettered")
+        return count(failed, progress.RECORDS_DEAD_LETTERED)
     from transforms.file_sink import WriteRecordFiles
     return records | "WriteRecordFiles" >> WriteRecordFiles(output)
 
@@ -186,6 +186,8 @@ def write_output(records: beam.PCollection, config: ExportConfig, output: str, l
 def check_output(config: ExportConfig, output: str, overwrite: bool = False) -> None:
     """Before anything runs: the stream exists, or the output directory is fit for a dry run."""
     if output == KINESIS:
+        if overwrite:
+            raise UserError("--overwrite applies to --output DIR only (a stream is never overwritten)")
         from transforms.kinesis import check_stream
         check_stream(config.destination)
     else:

@@ -22,8 +22,9 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.common import (KINESIS, ConfigOptions, ExportJobOptions, ProgressOptions, check_output, cli_main,
-                              count, default_runner, job_counts, load_job_config, parse_command_line,
+                              default_runner, job_counts, load_job_config, parse_command_line,
                               parse_time_option, rate, require, run_pipeline, write_output)
+from transforms import progress
 from transforms.config import ExportConfig
 from transforms.dead_letter import WriteDeadLetters
 from transforms.errors import UserError
@@ -85,14 +86,12 @@ def build(pipeline: beam.Pipeline, config: ExportConfig, options: PipelineOption
     elif streaming.until:
         raise UserError("--until applies to a bounded replay only, not to " + source)
     read = read_updates(pipeline, source, config, streaming)
-    updates = count(read.updates, "updates")
-    count(read.dead_letter, "inputs_dead_lettered") | "InputDeadLetters" >> WriteDeadLetters(
-        config.destination.dead_letter)
+    read.dead_letter | "InputDeadLetters" >> WriteDeadLetters(config.destination.dead_letter)
     seed = None
     if streaming.seed_snapshot:
         from transforms.snapshot import ReadSnapshotProfiles
         seed = pipeline | "ReadSeed" >> ReadSnapshotProfiles(streaming.seed_snapshot)
-    records = updates | "ExportProfileChanges" >> ExportProfileChanges(config, seed=seed, until_ms=until_ms)
+    records = read.updates | "ExportProfileChanges" >> ExportProfileChanges(config, seed=seed, until_ms=until_ms)
     write_output(records, config, job.output, live=is_unbounded(source))
 
 
@@ -113,22 +112,24 @@ def run(argv: Sequence[str]) -> int:
     return 0
 
 
-COUNTS = ("updates", "inputs_dead_lettered", "records", "records_dead_lettered")
+COUNTS = (progress.UPDATES, progress.INPUTS_DEAD_LETTERED, progress.RECORDS, progress.RECORDS_DEAD_LETTERED)
 
 
 def report_progress(counts, elapsed_s: float) -> None:
-    updates = counts.get("updates", 0)
-    print(f"streaming: {updates} updates read ({rate(updates, elapsed_s)}), "
-          f"{counts.get('inputs_dead_lettered', 0)} inputs dead-lettered, {counts.get('records', 0)} records out, "
-          f"{elapsed_s:.0f} s", file=sys.stderr, flush=True)
+    seed = counts.get(progress.SEED_PROFILES)
+    evaluated = counts.get(progress.UPDATES_EVALUATED, 0)
+    print(f"streaming: " + (f"{seed} seed profiles read, " if seed else "")
+          + f"{counts.get(progress.UPDATES, 0)} updates read, {counts.get(progress.INPUTS_DEAD_LETTERED, 0)} "
+          f"inputs dead-lettered, {evaluated} updates evaluated ({rate(evaluated, elapsed_s)}), "
+          f"{counts.get(progress.RECORDS, 0)} records out, {elapsed_s:.0f} s", file=sys.stderr, flush=True)
 
 
 def summary(counts, config: ExportConfig, output: str) -> str:
     """The closing line: exact counts of what was read, written or sent, and dead-lettered."""
-    records, dead = counts["records"], counts["records_dead_lettered"]
+    records, dead = counts[progress.RECORDS], counts[progress.RECORDS_DEAD_LETTERED]
     where = f"sent to stream {config.destination.stream}" if output == KINESIS else f"written to {output}"
-    return (f"streaming: {counts['updates'] + counts['inputs_dead_lettered']} inputs read: {counts['updates']} updates, "
-            f"{counts['inputs_dead_lettered']} dead-lettered; {records - dead} records {where}, "
+    updates, bad = counts[progress.UPDATES], counts[progress.INPUTS_DEAD_LETTERED]
+    return (f"streaming: {updates + bad} inputs read: {updates} updates, {bad} dead-lettered; {records - dead} records {where}, "
             f"{dead} records dead-lettered")
 
 

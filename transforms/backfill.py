@@ -338,7 +338,7 @@ class _ExportRowGroupFn(beam.DoFn):
         path, row_group = item
         for batch in open_parquet(path).iter_batches(batch_size=self._batch_size, row_groups=[row_group]):
             self._profiles.inc(len(batch))
-            progress.add("profiles", len(batch))
+            progress.add(progress.PROFILES, len(batch))
             results, members = self._exporter.export(batch)
             for records in results:
                 self._records.inc(len(records.partition_keys))

@@ -42,7 +42,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
-from transforms import profile_state
+from transforms import profile_state, progress
 from transforms.audiences import AudienceSet
 from transforms.config import ExportConfig
 from transforms.export_decision import EXITED, ExportDecider, ExportPlan, PathMatcher
@@ -216,6 +216,7 @@ class _ExportProfileChangesFn(beam.DoFn):
     def setup(self):
         self._exporter = ProfileExporter(self._config, AudienceSet.from_config(self._config), self._until_ms)
         self._writes = 0
+        self._evaluated = progress.Tally(progress.UPDATES_EVALUATED)  # live progress lines
 
     def start_bundle(self):
         self._counts = collections.Counter()  # counted here, reported once per bundle
@@ -223,6 +224,7 @@ class _ExportProfileChangesFn(beam.DoFn):
     def finish_bundle(self):
         for name, n in self._counts.items():
             Metrics.counter("export", name).inc(n)
+        self._evaluated.flush()
 
     def process(self, element: Tuple[str, ProfileUpdate], profile=beam.DoFn.StateParam(PROFILE),
                 seeds=None) -> Iterator[Any]:
@@ -231,6 +233,7 @@ class _ExportProfileChangesFn(beam.DoFn):
     def _on_update(self, element, profile, time_change, seeds):
         key, update = element
         self._counts["updates"] += 1
+        self._evaluated.inc()
         state = profile.read()
         if state is None:
             found = list(seeds[key]) if seeds is not None else ()

@@ -30,6 +30,7 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
+from transforms import progress
 from transforms.errors import UserError
 from transforms.model import DeadLetter, ProfileUpdate
 from transforms.timeutil import now_ms, parse_timestamp_ms
@@ -201,14 +202,23 @@ class _ReadUpdatesFileFn(beam.DoFn):
         self._updates = Metrics.counter("inputs", "updates_read")
         self._bad = Metrics.counter("inputs", "input_dead_letters")
 
+    def setup(self):
+        self._read, self._dead = progress.Tally(progress.UPDATES), progress.Tally(progress.INPUTS_DEAD_LETTERED)
+
     def process(self, path: str):
         for item in read_updates_file(path):
             if isinstance(item, ProfileUpdate):
                 self._updates.inc()
+                self._read.inc()
                 yield TimestampedValue(item, item.timestamp_ms / 1000.0)
             else:
                 self._bad.inc()
+                self._dead.inc()
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER, item)
+
+    def finish_bundle(self):
+        self._read.flush()
+        self._dead.flush()
 
 
 UPDATE_FILE_SUFFIXES = (".jsonl", ".json", ".avro")
@@ -341,6 +351,11 @@ class _ReadShardFn(beam.DoFn):
     def setup(self):
         self._client = _kinesis_client(self._stream, self._region, self._endpoint_url, self._credentials)
         self._idle = {}
+        self._read, self._dead = progress.Tally(progress.UPDATES), progress.Tally(progress.INPUTS_DEAD_LETTERED)
+
+    def finish_bundle(self):
+        self._read.flush()
+        self._dead.flush()
 
     @beam.DoFn.unbounded_per_element()
     def process(self, shard_id: str, tracker=beam.DoFn.RestrictionParam(_ShardRestrictionProvider()),
@@ -363,9 +378,11 @@ class _ReadShardFn(beam.DoFn):
                     item = parse_json_update(record["Data"], source, 0)
                     if isinstance(item, ProfileUpdate):
                         self._updates.inc()
+                        self._read.inc()
                         yield TimestampedValue(item, item.timestamp_ms / 1000.0)
                     else:
                         self._bad.inc()
+                        self._dead.inc()
                         yield beam.pvalue.TaggedOutput(DEAD_LETTER, item._replace(position=f"sequence {sequence}"))
                 behind_ms = page.get("MillisBehindLatest", 0)
                 _advance(watermark, Timestamp.of((now_ms() - behind_ms) / 1000.0))

@@ -3,8 +3,8 @@
 Beam metrics are what remote runners report, but the local BundleBasedDirectRunner drops the
 metric updates of the bundles it runs after the input is exhausted (the records of timers firing
 at the end of a bounded replay: a summary said 502 records where 507 were written). So the jobs
-also count at their boundaries with ``CountElements`` steps, which add to a process-wide tally
-that the launching process reads: exact on the local runners, where the work runs in the
+also count, in their readers and with ``CountElements`` steps at their boundaries, into a
+process-wide tally (``Tally``) that the launching process reads: exact on the local runners, where the work runs in the
 launcher's process. When the work runs elsewhere (a remote runner, ``multi_processing``) the
 tally stays empty and the summary falls back to the Beam counters the same steps keep.
 """
@@ -18,6 +18,14 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 NAMESPACE = "progress"
+# the counts the jobs report (readers and wiring use these names)
+UPDATES = "updates"
+INPUTS_DEAD_LETTERED = "inputs_dead_lettered"
+RECORDS = "records"
+RECORDS_DEAD_LETTERED = "records_dead_lettered"
+UPDATES_EVALUATED = "updates_evaluated"
+SEED_PROFILES = "seed_profiles"
+PROFILES = "profiles"
 
 _lock = threading.Lock()
 _tally: Dict[str, int] = {}
@@ -39,38 +47,47 @@ def reset() -> None:
         _tally.clear()
 
 
-class CountElements(beam.DoFn):
-    """Passes elements through unchanged, counting them (``size(element)`` each, default 1)
-    into the tally and the Beam counter ``progress/<name>``. The tally is fed every
-    ``FLUSH_EVERY`` elements and at the end of each bundle, so progress moves during long bundles."""
+class Tally:
+    """A count kept by one DoFn instance: added to the process-wide tally and the Beam counter
+    ``progress/<name>`` once ``FLUSH_EVERY`` are pending, and on ``flush()`` (call it in
+    ``finish_bundle``), so progress moves during long bundles at little cost per element."""
 
     FLUSH_EVERY = 256
+
+    def __init__(self, name: str):
+        self.name = name
+        self._counter = Metrics.counter(NAMESPACE, name)
+        self._pending = 0
+
+    def inc(self, n: int = 1) -> None:
+        self._pending += n
+        if self._pending >= self.FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            add(self.name, self._pending)
+            self._counter.inc(self._pending)
+            self._pending = 0
+
+
+class CountElements(beam.DoFn):
+    """Passes elements through unchanged, counting them (``size(element)`` each, default 1)
+    as ``name`` (``Tally``)."""
 
     def __init__(self, name: str, size: Optional[Callable[[object], int]] = None):
         self._name = name
         self._size = size
-        self._counter = Metrics.counter(NAMESPACE, name)
 
-    def start_bundle(self):
-        self._pending = 0
-        self._seen = 0
+    def setup(self):
+        self._tally = Tally(self._name)
 
     def process(self, element):
-        self._pending += 1 if self._size is None else self._size(element)
-        self._seen += 1
-        if self._seen >= self.FLUSH_EVERY:
-            self._flush()
+        self._tally.inc(1 if self._size is None else self._size(element))
         yield element
 
     def finish_bundle(self):
-        self._flush()
-
-    def _flush(self):
-        if self._pending:
-            add(self._name, self._pending)
-            self._counter.inc(self._pending)
-        self._pending = 0
-        self._seen = 0
+        self._tally.flush()
 
 
 class ProgressReporter:
