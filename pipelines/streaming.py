@@ -59,7 +59,7 @@ def is_unbounded(source: str) -> bool:
 
 
 def read_updates(pipeline: beam.Pipeline, source: str, config: ExportConfig, options: StreamingOptions):
-    """The source of docs/semantics.md#command-lines, as tagged outputs ``updates`` and ``dead_letter``."""
+    """The ``--input`` source (docs/semantics.md#inputs), as tagged outputs ``updates`` and ``dead_letter``."""
     from transforms import inputs
     interval, stop = options.poll_interval_s, options.stop_after_s
     if source.startswith(WATCH):

@@ -1,4 +1,4 @@
-"""The schemas in schemas/ agree with the config loader and the docs/semantics.md#configuration and 6 samples."""
+"""The schemas in schemas/ agree with the config loader and with the config and record samples of docs/semantics.md."""
 import datetime
 import json
 

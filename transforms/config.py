@@ -4,7 +4,7 @@ The loader (``load_config``) and its validation live below the types. Every obje
 frozen dataclass so a config can be captured by DoFns, pickled to workers and shared safely.
 Times are epoch milliseconds (UTC) because that is what export records carry.
 
-Loader decisions (docs/semantics.md#configuration leaves them open):
+Loader decisions (where docs/semantics.md#configuration leaves room):
 
 - Every problem is collected and raised at once in one ``ConfigError`` (``field.path: message``,
   list indexes from 0), so a user fixes a config in one round. Rule syntax, ``inSegment``
