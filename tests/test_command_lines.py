@@ -132,10 +132,12 @@ def test_output_must_be_a_directory_without_earlier_records(sample, tmp_path):
         ("pipelines.backfill", "--config", config, "--snapshot", snapshot, "--output", a_file),
         ("pipelines.backfill", "--config", config, "--snapshot", snapshot, "--output", tmp_path / "x.jsonl"),
         ("pipelines.streaming", "--config", config, "--input", sample / "updates.jsonl", "--output", earlier),
+        ("pipelines.backfill", "--config", config, "--snapshot", snapshot, "--overwrite"),
     ])
     assert_one_line_error(results[0], f"--output {a_file}: is an existing file; give a directory")
     assert_one_line_error(results[1], "x.jsonl: looks like a file name; give a directory")
     assert_one_line_error(results[2], "holds 1 records-* file(s) of an earlier run; give --overwrite")
+    assert_one_line_error(results[3], "--overwrite applies to --output DIR only")
     assert a_file.read_text() == "keep" and not (tmp_path / "x.jsonl").exists()
     assert os.listdir(earlier) == ["records-old.jsonl"]
 
