@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from typing import Optional
 
 import yaml
 
@@ -92,10 +93,11 @@ class DemoOptions:
                             help="where the sample data, config and dead letters go (emptied first)")
 
 
-def describe(previous: dict, ups: dict) -> str:
-    """What changed in a profile's record against its previous one."""
-    changes = [f"{a} {e['status']}" for a, e in ups.items() if previous.get(a) != e["status"]]
-    return ", ".join(changes) or "attributes or identities"
+def describe(previous: Optional[dict], ups: dict) -> str:
+    """What changed in a profile's record against its previous one (``None``: the first)."""
+    changes = [f"{a} {e['status']}" for a, e in ups.items() if (previous or {}).get(a) != e["status"]]
+    text = ", ".join(changes) or "attributes or identities"
+    return text if previous is not None else "first record: " + text
 
 
 def run(argv) -> int:
@@ -146,7 +148,7 @@ def run(argv) -> int:
         summarize(streamed, "streaming")
         p1 = [json.loads(d) for k, d in streamed if k == "p-1"]
         print("   profile p-1 over time, each record and what changed in it:")
-        previous: dict = {}
+        previous: Optional[dict] = None
         for record in p1:
             ups = record["segmentMembership"]["ups"]
             print(f"     {describe(previous, ups)}:")
