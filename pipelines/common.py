@@ -20,8 +20,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from transforms.config import ExportConfig, load_config
 from transforms import progress
+from transforms.config import ExportConfig, load_config
 from transforms.errors import UserError
 from transforms.timeutil import parse_timestamp_ms
 
@@ -49,6 +49,8 @@ class ExportJobOptions(PipelineOptions):
 
 
 class ProgressOptions(PipelineOptions):
+    """How often a running job says how far it is."""
+
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument("--progress_interval_s", type=float, default=10.0, metavar="S",
@@ -56,8 +58,17 @@ class ProgressOptions(PipelineOptions):
 
 
 class _OptionNames(argparse.ArgumentParser):
-    """Collects option names (and parses with them) without Beam's value providers: a
-    template option is registered as a plain one."""
+    """Parses with the options it is given and keeps them (``options``) for the help and the
+    hints; Beam's value-provider (template) options are registered as plain ones."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.options: List[argparse.Action] = []
+
+    def add_argument(self, *args, **kwargs):
+        action = super().add_argument(*args, **kwargs)
+        self.options.append(action)
+        return action
 
     def add_value_provider_argument(self, *args, **kwargs):
         if args and not args[0].startswith("-") and kwargs.get("nargs") is None:
@@ -84,14 +95,14 @@ def _beam_option_classes() -> List[type]:
     return list(classes.values())
 
 
-def _long_names(parser: argparse.ArgumentParser) -> List[str]:
-    return [name for action in parser._actions for name in action.option_strings if name.startswith("--")]
+def _long_names(parser: _OptionNames) -> List[str]:
+    return [name for action in parser.options for name in action.option_strings if name.startswith("--")]
 
 
-def help_text(prog: str, usage: str, summary: str, parser: argparse.ArgumentParser, beam_options: bool) -> str:
+def help_text(prog: str, usage: str, summary: str, parser: _OptionNames, beam_options: bool) -> str:
     """Usage, then the job's own options, one line each."""
     lines = [f"usage: {prog} {usage}", "", summary, "", "options:"]
-    for action in parser._actions:
+    for action in parser.options:
         flag = ", ".join(action.option_strings)
         if action.nargs != 0:
             flag += " " + (action.metavar or action.dest.upper())
@@ -130,7 +141,7 @@ def parse_command_line(argv: Sequence[str], prog: str, usage: str, summary: str,
     if "-h" in argv or "--help" in argv:
         print(help_text(prog, usage, summary, own, beam_options))
         raise SystemExit(0)
-    beam_parser = _parser(_beam_option_classes()) if beam_options else _OptionNames(add_help=False)
+    beam_parser = _parser(_beam_option_classes() if beam_options else [])
     everything = _parser(list(option_classes) + (_beam_option_classes() if beam_options else []))
     _, unknown = everything.parse_known_args(argv)
     for arg in unknown:

@@ -104,7 +104,7 @@ def test_guide_commands_match_the_clis():
     known = set(PipelineOptions([]).get_all_options(retain_unknown_options=False))
     sample_parser = argparse.ArgumentParser()
     SampleDataOptions._add_argparse_args(sample_parser)  # not a Beam job: its own options only
-    sample_known = {a.dest for a in sample_parser._actions}
+    sample_known = set(vars(sample_parser.parse_args([])))
     for command in commands:
         words = shlex.split(re.sub(r"\[.*?\]", "", command))
         flags = {w[2:].split("=")[0] for w in words if w.startswith("--")}
