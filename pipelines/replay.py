@@ -61,12 +61,12 @@ def replay(config, root: str, client=None, progress_interval_s: float = 10.0) ->
     started = last_report = time.monotonic()
 
     def flush(still_failing: BundleFileWriter) -> None:
+        nonlocal last_report
         report = sender.flush()
         for failed in report.dead:
             still_failing.write(dead_letter_line(failed, dest.stream))
         totals["sent"] += report.sent
         totals["failed"] += len(report.dead)
-        nonlocal last_report
         now = time.monotonic()
         if progress_interval_s > 0 and now - last_report >= progress_interval_s:
             last_report = now
