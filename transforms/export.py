@@ -129,8 +129,8 @@ class ProfileExporter:
     profile never evaluated (a fresh seed). Any other change leaves every rule's result as it
     was: the profile's evaluation time still moves on as if it had been evaluated, and the
     update can still export through a mapped attribute write or an identity change. (Past
-    ``until_ms`` time-window changes are not timed, so there a profile with events is always
-    evaluated.)"""
+    ``until_ms`` time-window changes and upload expiries are not timed, so there a profile with
+    events, or still in an upload audience that has expired, is always evaluated.)"""
 
     def __init__(self, config: ExportConfig, audiences: AudienceSet, until_ms: Optional[int] = None):
         self.audiences = audiences
@@ -186,7 +186,9 @@ class ProfileExporter:
                 or (changed and self.rule_inputs.any(changed)) \
                 or (identities_changed and self.reads_identities) \
                 or (timer is not None and timer <= now) \
-                or (self.until_ms is not None and now > self.until_ms and state.events):
+                or (self.until_ms is not None and now > self.until_ms
+                    and (state.events or any(due <= now and a in state.realized
+                                             for a, due in self.audiences.expiries.items()))):
             if evaluated is not None and evaluated > now:
                 now = evaluated
             self._evaluate(key, state, now, update.timestamp_ms, identities_changed, attribute_written, out)
