@@ -19,5 +19,6 @@ case "${1:-demo}" in
   test)  shift; exec .venv/bin/python -m pytest -q "$@" tests ;;
   bench) shift; exec .venv/bin/python -m bench "$@" ;;
   demo)  shift || true; exec .venv/bin/python -m pipelines.demo "$@" ;;
-  *) echo "usage: $0 [test|bench|demo]" >&2; exit 2 ;;
+  -*)    exec .venv/bin/python -m pipelines.demo "$@" ;;   # demo options: --out DIR, --help, ...
+  *) echo "usage: $0 [test|bench|demo] [options]   (demo options: $0 --help)" >&2; exit 2 ;;
 esac

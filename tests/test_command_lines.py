@@ -237,3 +237,10 @@ def test_the_repository_stands_alone():
         text = open(path, encoding="utf-8", errors="replace").read()
         offending += [f"{name}: {m.group()}" for m in forbidden.finditer(text)]
     assert not offending, offending
+
+
+def test_gitignore_covers_what_the_examples_write():
+    written = ["demo-output/config.yaml", "examples/dead-letter/input/x.jsonl", "sample-data/snapshot.parquet",
+               "sample-data/backfill-records/records-1.jsonl", "bench/out/snapshot-1000.parquet"]
+    proc = subprocess.run(["git", "check-ignore", *written], cwd=ROOT, capture_output=True, text=True)
+    assert proc.stdout.split() == written
