@@ -30,7 +30,7 @@ setuptools.setup(
         # dask, distributed: the backfill on a Dask cluster (--runner DaskRunner), a distributed
         # batch engine that needs no JVM; the versions Beam's DaskRunner supports.
         "dask": ["dask>=2024.4.2", "distributed>=2024.4.2"],
-        # duckdb: the reference the backfill benchmark is measured against (SPEC 8); never
+        # duckdb: the reference the backfill benchmark is measured against (BENCHMARKS.md); never
         # needed at run time.
         "bench": ["duckdb>=1.0"],
     },

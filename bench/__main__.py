@@ -1,4 +1,4 @@
-"""``python -m bench [--quick]`` (or ``./run_local.sh bench``): every benchmark of SPEC 8, each
+"""``python -m bench [--quick]`` (or ``./run_local.sh bench``): every benchmark of BENCHMARKS.md, each
 against its reference measured in the same run, written to BENCHMARKS.md.
 
 Each benchmark runs in its own process (clean memory figures, no state shared between them)

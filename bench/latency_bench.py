@@ -1,4 +1,4 @@
-"""End-to-end export latency at a fixed offered rate (SPEC 8): goal p95 under 2 s.
+"""End-to-end export latency at a fixed offered rate (BENCHMARKS.md): goal p95 under 2 s.
 
 ``python -m bench.latency_bench [--rate R --seconds S]``: updates are offered at R per second
 (a pacing step stamps each with the wall clock as it enters the pipeline), go through

@@ -1,4 +1,4 @@
-"""Sink throughput and client CPU per record (SPEC 8): goal 0.9 or more of the raw rate at
+"""Sink throughput and client CPU per record (BENCHMARKS.md): goal 0.9 or more of the raw rate at
 30 µs/record or less.
 
 ``python -m bench.sink_bench [--records N]``: a minimal local Kinesis endpoint (a separate

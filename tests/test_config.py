@@ -1,4 +1,4 @@
-"""Config loading and validation (SPEC 3): every error kind with its field path, all at once,
+"""Config loading and validation (docs/semantics.md#configuration): every error kind with its field path, all at once,
 ``${NAME}`` expansion, paths resolved against the config's folder, secrets never shown."""
 import copy
 import json
@@ -258,7 +258,7 @@ def test_load_config_reads_json_and_yaml(tmp_path):
 
 @pytest.mark.parametrize("content,message", [
     (None, "cannot read config file: No such file or directory"),
-    ("destination: [unclosed\n", "not valid YAML or JSON at line 2, column 1"),
+    ("destination: [unclosed\n", "not valid YAML or JSON at line 1, column 23"),
     ('{"destination": "x"', "not valid YAML or JSON at line 1, column 20: expected ',' or '}'"),
 ])
 def test_an_unreadable_file_is_one_error(tmp_path, content, message):

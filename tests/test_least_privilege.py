@@ -1,4 +1,4 @@
-"""Least privilege (SPEC 7): with moto enforcing IAM, a user allowed only ListStreams, PutRecord
+"""Least privilege (docs/semantics.md#kinesis-sink): with moto enforcing IAM, a user allowed only ListStreams, PutRecord
 and PutRecords runs a full export; without a permission the failure is clear."""
 import glob
 import json

@@ -1,7 +1,7 @@
 """``AudienceSet``: every audience of a config, compiled once and ordered for evaluation.
 
 Rule audiences are compiled by ``transforms.rules``; ``inSegment`` dependencies come first so
-one pass evaluates them all. Custom upload audiences (SPEC 5) are a set of identity values of
+one pass evaluates them all. Custom upload audiences (docs/semantics.md#profiles-and-audiences) are a set of identity values of
 one namespace read from a CSV (values stripped, empty cells skipped, matched exactly); a
 profile is a member while its identity map holds one of them, and never from the upload's
 ``expires_at`` on (its members exit then, by the exporter's event-time timer).

@@ -277,6 +277,16 @@ def _read_text(path: str) -> str:
         return f.read().decode("utf-8")
 
 
+def _editor_position(text: str, mark) -> Tuple[int, int]:
+    """A YAML error's (line, column) from 1, as an editor shows them. PyYAML marks an error
+    found at the end of the text (an unclosed bracket or quote) after the final line break, one
+    line below the last one; that is the end of the last non-blank line."""
+    if text[mark.index:].strip():
+        return mark.line + 1, mark.column + 1
+    end = len(text.rstrip())
+    return text.count("\n", 0, end) + 1, end - text.rfind("\n", 0, end)
+
+
 def load_config(path: str, environ: Optional[TMapping[str, str]] = None) -> ExportConfig:
     """Read, expand and validate a YAML or JSON config file; ``ConfigError`` lists every problem."""
     try:
@@ -287,7 +297,7 @@ def load_config(path: str, environ: Optional[TMapping[str, str]] = None) -> Expo
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        where = " at line {}, column {}".format(*_editor_position(text, mark)) if mark else ""
         raise ConfigFileError([f"not valid YAML or JSON{where}: {getattr(e, 'problem', None) or e}"], path) from None
     base_dir = path.rsplit("/", 1)[0] if _URL.match(path) else os.path.dirname(os.path.abspath(path))
     return config_from_dict(data, base_dir, os.environ if environ is None else environ, source=path)

@@ -1,4 +1,4 @@
-"""``KinesisWrite``: a reusable Beam sink for Amazon Kinesis Data Streams on boto3 (SPEC 7).
+"""``KinesisWrite``: a reusable Beam sink for Amazon Kinesis Data Streams on boto3 (docs/semantics.md#kinesis-sink).
 
 What it does that the usual sinks (Beam's Java KinesisIO, Flink's KinesisStreamsSink, the KPL)
 don't all do:
@@ -23,7 +23,7 @@ don't all do:
 - bounded memory: a flush is forced past ``max_buffered_records`` / ``max_buffered_bytes``, at
   bundle end, and in streaming once the oldest buffered record is ``max_delay_ms`` old. The age
   is checked on each element, not by a processing-time timer: a timer needs keyed state, which
-  costs far more per element than the check (SPEC 9); an idle stream's buffer goes out at the
+  costs far more per element than the check (docs/DEVELOPING.md); an idle stream's buffer goes out at the
   end of its bundle, and runners end streaming bundles within about a second;
 - cheap: the request body is built directly (base64 and JSON by hand) and signed by the
   client's own SigV4 signer, then sent over the client's connection pool (its timeouts,
@@ -229,7 +229,7 @@ def dead_letter_line(failed: FailedRecord, stream: str) -> bytes:
 
 
 def encode_data(data) -> bytes:
-    """Compact UTF-8 JSON, as export records are written (SPEC 6)."""
+    """Compact UTF-8 JSON, as export records are written (docs/semantics.md#exports)."""
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
@@ -392,7 +392,7 @@ class RecordSender:
 
 
 class LatencyWindow:
-    """Is the export-latency p95 of the last minute over a limit? (SPEC 7)
+    """Is the export-latency p95 of the last minute over a limit? (docs/semantics.md#kinesis-sink)
 
     Constant memory at any rate: one slot per second with the count, the count over the limit,
     and up to ``keep`` of the over-limit values. p95 > limit exactly when more than 5 % of the
