@@ -86,8 +86,11 @@ def _parser(option_classes: Iterable[type]) -> _OptionNames:
     return parser
 
 
-def _beam_option_classes() -> List[type]:
-    """Beam's own option classes (each once, as Beam dedupes them), not other jobs' ones."""
+def _beam_option_classes(argv: Sequence[str] = ()) -> List[type]:
+    """Beam's own option classes (each once, as Beam dedupes them), not other jobs' ones. Those
+    of a runner Beam loads only on demand are there when the command line names it."""
+    if any(a.endswith("DaskRunner") for a in argv):
+        import pipelines.dask_runner  # noqa: F401  Beam's DaskOptions: --dask_client_address, ...
     classes = {}
     for cls in PipelineOptions.__subclasses__():
         if cls.__module__.startswith("apache_beam."):
@@ -141,8 +144,8 @@ def parse_command_line(argv: Sequence[str], prog: str, usage: str, summary: str,
     if "-h" in argv or "--help" in argv:
         print(help_text(prog, usage, summary, own, beam_options))
         raise SystemExit(0)
-    beam_parser = _parser(_beam_option_classes() if beam_options else [])
-    everything = _parser(list(option_classes) + (_beam_option_classes() if beam_options else []))
+    beam_parser = _parser(_beam_option_classes(argv) if beam_options else [])
+    everything = _parser(list(option_classes) + (_beam_option_classes(argv) if beam_options else []))
     _, unknown = everything.parse_known_args(argv)
     for arg in unknown:
         if arg.startswith("-"):

@@ -101,6 +101,13 @@ def replay(config, root: str, client=None, progress_interval_s: float = 10.0) ->
     return totals
 
 
+def _root_exists(root: str) -> bool:
+    """A local directory, or on object storage (which has no directories) a prefix with objects."""
+    if FileSystems.get_scheme(root) in (None, "file"):
+        return FileSystems.exists(root)
+    return bool(FileSystems.match([FileSystems.join(root, "**")])[0].metadata_list)
+
+
 def run(argv: Sequence[str]) -> int:
     parse_command_line(argv, "python -m pipelines.replay", USAGE, SUMMARY,
                        [ConfigOptions, ReplayOptions, ProgressOptions])
@@ -108,7 +115,7 @@ def run(argv: Sequence[str]) -> int:
     FileSystems.set_options(options)
     config = load_job_config(options)
     root = options.view_as(ReplayOptions).dead_letter or config.destination.dead_letter
-    if not FileSystems.exists(root):
+    if not _root_exists(root):
         raise UserError(f"--dead_letter {root}: no such directory")
     totals = replay(config, root, progress_interval_s=options.view_as(ProgressOptions).progress_interval_s)
     print(f"replay: {totals['files']} dead-letter files, {totals['sent']} records delivered, "

@@ -165,7 +165,9 @@ def test_backfill_on_s3_gives_the_local_records(runs):
     audiences = {a for line in local for a in json.loads(line)["data"]["segmentMembership"]["ups"]}
     # the upload CSV (resolved against the config's folder on S3) and the events were read
     assert {"aud-delorean", "aud-vip-upload", "aud-big-spenders"} <= audiences
-    assert runs["s3"][1]["backfill"][1].splitlines()[-1] == runs["local"][1]["backfill"][1].splitlines()[-1]
+    summaries = {n: runs[n][1]["backfill"][1].splitlines()[-1].replace(runs[n][0].path("out-backfill"), "OUT")
+                 for n in ("local", "s3")}
+    assert summaries["s3"] == summaries["local"]
 
 
 def test_streaming_on_s3_gives_the_local_records_and_dead_letters(runs):
@@ -213,6 +215,5 @@ def test_validate_reads_a_config_on_s3(runs, moto_server, capsys):
     store = runs["s3"][0]
     assert validate.main(["--config", store.path("cfg/config.yaml"), *s3_options(moto_server)]) == 0
     assert capsys.readouterr().out.startswith(f"OK: {store.path('cfg/config.yaml')}: 4 audiences")
-    with pytest.raises(SystemExit) as exit_:
-        validate.main(["--config", store.path("cfg/config.yaml"), "--s3_endpoint", moto_server])
-    assert exit_.value.code == 2 and "unrecognized arguments: --s3_endpoint" in capsys.readouterr().err
+    assert validate.main(["--config", store.path("cfg/config.yaml"), "--s3_endpoint", moto_server]) == 2
+    assert "unknown option --s3_endpoint (did you mean --s3_endpoint_url?)" in capsys.readouterr().err
