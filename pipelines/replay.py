@@ -22,7 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.common import cli_main, load_job_config, require
 from transforms.dead_letter import BundleFileWriter
-from transforms.kinesis import RecordSender, check_stream, dead_letter_line, encode_data, make_client
+from transforms.kinesis import PutRecords, RecordSender, check_stream, dead_letter_line, encode_data
 
 FLUSH_EVERY = 5000
 
@@ -40,19 +40,20 @@ def _record(doc: dict):
     return doc["partitionKey"], encode_data(data)
 
 
-def replay(config, root: str, client=None) -> dict:
+def replay(config, root: str, transport=None) -> dict:
     dest = config.destination
-    client = client or make_client(dest)
-    check_stream(dest, client)
+    check_stream(dest)
     records_dir = FileSystems.join(root, "records")
     replayed_dir = FileSystems.join(records_dir, "replayed")
     found = FileSystems.match([FileSystems.join(records_dir, "*.jsonl")])[0].metadata_list
     totals = {"files": 0, "sent": 0, "failed": 0, "unreadable": 0}
-    sender = RecordSender(client, dest.stream, dest.retry)
+    # one request at a time: dead letters are small
+    sender = RecordSender(PutRecords.for_destination(dest, transport), dest.retry, max_in_flight=1,
+                          max_record_bytes=dest.max_record_bytes)
 
     def flush(still_failing: BundleFileWriter) -> None:
         report = sender.flush()
-        for failed in report.dead:
+        for failed, _ in report.dead:
             still_failing.write(dead_letter_line(failed, dest.stream))
         totals["sent"] += report.sent
         totals["failed"] += len(report.dead)
@@ -73,7 +74,7 @@ def replay(config, root: str, client=None) -> dict:
                 if oversize is not None:
                     still_failing.write(dead_letter_line(oversize, dest.stream))
                     totals["failed"] += 1
-                if len(sender.pending) >= FLUSH_EVERY:
+                if sender.held >= FLUSH_EVERY:
                     flush(still_failing)
         flush(still_failing)
         still_failing.close()

@@ -70,6 +70,10 @@ class Credentials:
     session_token: Optional[Secret] = None
 
 
+DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
+MAX_RECORD_BYTES_RANGE = (1024, 10 * 1024 * 1024)  # what Kinesis Data Streams accepts
+
+
 @dataclasses.dataclass(frozen=True)
 class RetrySettings:
     """``max_retries: 2`` means at most three sends of a record."""
@@ -90,6 +94,8 @@ class Destination:
     include_segment_names: bool = False
     include_segment_timestamps: bool = False
     retry: RetrySettings = RetrySettings()
+    # data plus partition key; above 1 MiB only for streams raised with UpdateMaxRecordSize
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -371,7 +377,7 @@ def _destination(r: _Reader, raw, base_dir: str) -> Optional[Destination]:
         return None
     d = r.obj(raw, path, ("name", "region", "stream"),
               ("description", "endpoint_url", "credentials", "include_segment_names",
-               "include_segment_timestamps", "retry", "dead_letter"))
+               "include_segment_timestamps", "retry", "dead_letter", "max_record_bytes"))
     if d is None:
         return None
     credentials = None
@@ -392,13 +398,19 @@ def _destination(r: _Reader, raw, base_dir: str) -> Optional[Destination]:
                               r.number(raw_retry, "max_delay_ms", where, 5000, int, 0))
         if retry.max_delay_ms < retry.base_delay_ms:
             r.error(f"{where}.max_delay_ms", f"must be at least base_delay_ms ({retry.base_delay_ms})")
+    low, high = MAX_RECORD_BYTES_RANGE
+    max_record_bytes = r.number(d, "max_record_bytes", path, DEFAULT_MAX_RECORD_BYTES, int, low)
+    if max_record_bytes > high:
+        r.error(f"{path}.max_record_bytes", f"must be at most {high} (10 MiB), got {max_record_bytes}")
+        max_record_bytes = DEFAULT_MAX_RECORD_BYTES
     return Destination(
         name=r.text(d, "name", path), region=r.text(d, "region", path), stream=r.text(d, "stream", path),
         dead_letter=_resolve(r.text(d, "dead_letter", path, "dead-letter"), base_dir),
         description=r.text(d, "description", path), endpoint_url=r.text(d, "endpoint_url", path),
         credentials=credentials,
         include_segment_names=r.flag(d, "include_segment_names", path),
-        include_segment_timestamps=r.flag(d, "include_segment_timestamps", path), retry=retry)
+        include_segment_timestamps=r.flag(d, "include_segment_timestamps", path), retry=retry,
+        max_record_bytes=max_record_bytes)
 
 
 def _merge_policies(r: _Reader, top) -> Tuple[MergePolicyConfig, ...]:
