@@ -240,16 +240,39 @@ def test_retries_exhausted_then_dead_letter_with_backoff_and_full_jitter():
 
 # ------------------------------------------------------------------ fake transport: AIMD
 
-def test_throttling_halves_records_in_flight_and_recovers():
-    fake = FakeKinesis([("status", 400, "ProvisionedThroughputExceededException")])
-    sender = fake_sender(fake, RetrySettings(5, 1, 5))
-    for i in range(1200):
+def test_throttling_halves_the_window_and_paces_full_requests():
+    """Each request takes a 30 ms round trip; the first is throttled. Requests stay full (500
+    records) and go out at the window's pace: 500 x 30 ms / window apart."""
+    clock, fake, seen = Clock(), FakeKinesis([("status", 400, "ProvisionedThroughputExceededException")]), []
+
+    def round_trip(url, headers, body):
+        seen.append((clock.now, sender.window))
+        clock.now += 0.03
+        return fake(url, headers, body)
+    sender = fake_sender(round_trip, RetrySettings(5, 1, 5), clock=clock)
+    for i in range(2000):
         sender.add(f"k{i}", b"{}")
     report = sender.flush()
-    assert report.sent == 1200 and report.throttled == 1
-    # halved; +50 per accepted request; the last new records; then the throttled ones again
-    assert [len(r) for r in fake.requests] == [500, 250, 300, 150, 400, 100]
-    assert sender.window == 500
+    assert (report.sent, report.throttled, [len(r) for r in fake.requests]) == (2000, 1, [500] * 5)
+    times, windows = zip(*seen)
+    assert [round(w, 1) for w in windows] == [500, 250, 270, 288.5, 305.8]   # halved, then +10 a round trip
+    assert times[1] - times[0] == pytest.approx(0.03 + 500 * 0.03 / 250)
+    for i in range(2, 5):
+        assert times[i] - times[i - 1] == pytest.approx(500 * 0.03 / windows[i])
+
+
+def test_per_record_throttling_cuts_the_window():
+    fake, windows = FakeKinesis([("fail", {i: "ProvisionedThroughputExceededException" for i in range(0, 500, 2)})]), []
+
+    def noting_window(url, headers, body):
+        windows.append(sender.window)
+        return fake(url, headers, body)
+    sender = fake_sender(noting_window)
+    for i in range(1000):
+        sender.add(f"k{i}", b"{}")
+    report = sender.flush()
+    assert report.sent == 1000 and report.throttled == 1 and report.retried == 250
+    assert windows[:2] == [500, 250]
 
 
 def test_throttled_replies_cut_once_per_round_trip():
@@ -260,18 +283,11 @@ def test_throttled_replies_cut_once_per_round_trip():
     assert sender.window == 2000
     sender._throttled(epoch=1)
     assert sender.window == 1000
+    sender._throttled(epoch=2, fraction=0.9)    # most of a request throttled: down to what was accepted
+    assert sender.window == pytest.approx(100)
     for _ in range(100):
         sender._throttled(epoch=sender._epoch)
     assert sender.window == 10           # the floor
-
-
-def test_per_record_throttling_shrinks_the_window():
-    fake = FakeKinesis([("fail", {i: "ProvisionedThroughputExceededException" for i in range(0, 500, 2)})])
-    sender = fake_sender(fake)
-    for i in range(1000):
-        sender.add(f"k{i}", b"{}")
-    report = sender.flush()
-    assert report.sent == 1000 and report.throttled == 1 and len(fake.requests[1]) == 250
 
 
 # ------------------------------------------------------------------ fake transport: requests in flight
@@ -284,7 +300,7 @@ def test_requests_in_flight_never_share_a_key_and_keep_order_under_failures():
     sender = RecordSender(PutRecords("s", "r", "http://kinesis.test", FrozenCredentials(), fake),
                           RetrySettings(10, 1, 2), max_in_flight=4)
     try:
-        sender.window = 400
+        sender.window = 2000   # past slow start: up to four requests of 500 at a time
         for i in range(4000):
             key = f"p-{rng.randrange(300)}"
             sender.add(key, json.dumps({"key": key, "seq": i}).encode())
@@ -292,7 +308,7 @@ def test_requests_in_flight_never_share_a_key_and_keep_order_under_failures():
         report = sender.flush()
     finally:
         sender.close()
-    assert fake.max_concurrent == 4 and not fake.overlapping_keys
+    assert 1 < fake.max_concurrent <= 4 and not fake.overlapping_keys
     assert sender.held == 0 and len(fake.delivered) == 4000
     for seqs in by_key(fake.delivered).values():
         assert seqs == sorted(seqs)
@@ -306,11 +322,11 @@ def run_fn(fn, elements, clock=None):
     the end of the bundle, and the outputs."""
     fn.setup()
     if clock is not None:
-        fn._sender.clock = clock
+        fn._sender.clock, fn._sender.sleep = clock, clock.sleep
     fn.start_bundle()
     seen, out = [], []
     for element in elements:
-        out += list(fn.process(element, timestamp=0, window=window.GlobalWindow()))
+        out += fn.process(element, timestamp=0, window=window.GlobalWindow()) or []
         seen.append(len(fn._transport.requests))
         if clock is not None:
             clock.now += 0.06

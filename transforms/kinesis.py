@@ -24,9 +24,13 @@ don't all do:
   is kept, retries included: a key has at most one record in flight or waiting for a retry, and
   its next record is only released once that one is acknowledged or dead-lettered (PutRecords
   itself does not order the records of one request when some of them fail);
-- adapts (AIMD): the number of records in flight halves when the stream throttles (at most once
-  per round trip: replies to requests sent before the last cut don't cut again) and grows by
-  ``RECORDS_IN_FLIGHT_STEP`` for every request accepted whole;
+- adapts (AIMD): requests are paced at a window of records per measured round trip, so a slow
+  stream gets full requests further apart rather than small ones every round trip (a request's
+  cost is mostly per request). The window halves when the stream throttles (at most once per
+  round trip: replies to requests sent before the last cut don't cut again; down to the accepted
+  share of a request when most of it was throttled) and grows by ``WINDOW_STEP`` records per
+  round trip while requests are accepted whole; from one full request it doubles per round trip
+  until the first throttling, like TCP's slow start;
 - bounded memory: past ``max_buffered_records`` / ``max_buffered_bytes`` held (queued, waiting
   for a retry or in flight), ``process`` waits for replies. Requests go out as soon as a full
   one is ready, once the oldest queued record is ``max_delay_ms`` old (checked on each element,
@@ -34,8 +38,8 @@ don't all do:
   and at bundle end, which waits for every record to be delivered or dead-lettered;
 - public APIs only and cheap: the request body is built directly (base64 and JSON by hand),
   signed with botocore's SigV4 signer and the session's (refreshable) credentials, sent through
-  a transport that is handed in (default: botocore's urllib3 session, with the environment's
-  proxies) and its reply read as JSON. botocore's model-driven serializer and parser cost
+  a transport that is handed in (default: a urllib3 pool set up as boto3 sets up its own) and
+  its reply read as JSON. botocore's model-driven serializer and parser cost
   ~25 µs per record; this costs a few.
 
 Output: the records that were not delivered, as ``FailedRecord`` in the window and with the
@@ -57,6 +61,7 @@ import logging
 import math
 import queue
 import random
+import socket
 import threading
 import time
 from json.encoder import encode_basestring_ascii
@@ -80,8 +85,9 @@ MAX_RECORDS_PER_REQUEST = 500
 MAX_REQUEST_BYTES = 5 * 1024 * 1024
 LARGE_RECORD_REQUEST_BYTES = 10 * 1024 * 1024  # when records may be over 1 MiB
 MAX_RECORD_BYTES = DEFAULT_MAX_RECORD_BYTES
-MIN_RECORDS_IN_FLIGHT = 10
-RECORDS_IN_FLIGHT_STEP = 50
+MIN_WINDOW = 10
+MIN_ROUND_TRIP_S = 0.001
+WINDOW_STEP = 10
 DEFAULT_MAX_IN_FLIGHT = 8
 
 RETRYABLE_RECORD_ERRORS = frozenset({"ProvisionedThroughputExceededException", "InternalFailure"})
@@ -133,29 +139,37 @@ def make_client(destination: Destination, session=None):
         "kinesis", region_name=destination.region, endpoint_url=destination.endpoint_url, config=config)
 
 
-class URLLib3Transport:
-    """The default transport: botocore's public urllib3 session (its TLS and pool handling,
-    the environment's proxies), one pooled connection per request in flight. Built lazily, so
-    the transport can be pickled with the DoFn."""
+class Urllib3Transport:
+    """The default transport: a urllib3 connection pool, one connection per request in flight,
+    with what boto3's clients use too: botocore's CA bundle, the environment's proxy for the
+    endpoint, Nagle off and keep-alive on (botocore's own HTTP session costs ~0.3 ms more per
+    request). Built lazily, so the transport can be pickled with the DoFn."""
 
     def __init__(self, max_connections: int = DEFAULT_MAX_IN_FLIGHT, connect_timeout: float = 5,
                  read_timeout: float = 30):
         self._args = (max_connections, connect_timeout, read_timeout)
-        self._session = None
+        self._pool = None
 
     def __getstate__(self):
-        return {"_args": self._args, "_session": None}
+        return {"_args": self._args, "_pool": None}
+
+    def _make_pool(self, url: str):
+        import urllib3
+        from botocore.httpsession import get_cert_path
+        from botocore.utils import get_environ_proxies
+        connections, connect, read = self._args
+        kwargs = dict(maxsize=connections, block=False, retries=False, ca_certs=get_cert_path(True),
+                      timeout=urllib3.Timeout(connect=connect, read=read),
+                      socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+                                      (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)])
+        proxy = get_environ_proxies(url).get(url.split(":", 1)[0])
+        return urllib3.ProxyManager(proxy, **kwargs) if proxy else urllib3.PoolManager(**kwargs)
 
     def __call__(self, url: str, headers: Dict[str, str], body: bytes) -> Tuple[int, bytes]:
-        from botocore.awsrequest import AWSRequest
-        if self._session is None:
-            from botocore.httpsession import URLLib3Session
-            from botocore.utils import get_environ_proxies
-            connections, connect, read = self._args
-            self._session = URLLib3Session(proxies=get_environ_proxies(url), timeout=(connect, read),
-                                           max_pool_connections=connections)
-        response = self._session.send(AWSRequest(method="POST", url=url, data=body, headers=headers).prepare())
-        return response.status_code, response.content
+        if self._pool is None:
+            self._pool = self._make_pool(url)
+        response = self._pool.urlopen("POST", url, body=body, headers=headers, redirect=False)
+        return response.status, response.data
 
 
 class PutRecords:
@@ -176,7 +190,7 @@ class PutRecords:
         session = make_session(destination)
         url = destination.endpoint_url or make_client(destination, session).meta.endpoint_url
         return cls(destination.stream, destination.region, url, session.get_credentials(),
-                   transport or URLLib3Transport())
+                   transport or Urllib3Transport())
 
     def body(self, records: Sequence[Tuple]) -> bytes:
         return b"".join((self._head, b",".join([b'{"Data":"%s","PartitionKey":%s}' % (
@@ -228,19 +242,20 @@ def check_stream(destination: Destination, client=None, put_records: Optional[Pu
     request with a validation error instead of a permission error; then nothing is learnt, and a
     missing permission shows on the first real request (records dead-lettered, with an ALERT)."""
     from botocore.exceptions import BotoCoreError, ClientError
+    from urllib3.exceptions import HTTPError
     where = f"stream {destination.stream!r} in {destination.region}"
     try:
         client = client or make_client(destination)
         if not _stream_listed(client, destination.stream):
             raise KinesisSetupError(f"{where} does not exist (or is not visible to these credentials)")
-        put_records = put_records or PutRecords.for_destination(destination, URLLib3Transport(1))
+        put_records = put_records or PutRecords.for_destination(destination, Urllib3Transport(1))
         status, body = put_records(())
     except ClientError as e:
         err = e.response.get("Error", {})
         code, message = _split_error(err.get("Code") or "ClientError", err.get("Message") or str(e))
         status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         raise KinesisSetupError(_setup_problem(where, "ListStreams", code, message, status)) from None
-    except (BotoCoreError, ValueError, OSError) as e:  # no credentials, bad region name, endpoint unreachable
+    except (BotoCoreError, ValueError, OSError, HTTPError) as e:  # no credentials, bad region, endpoint unreachable
         raise KinesisSetupError(f"{where}: {e}") from None
     if status != 200:
         code, message = response_error(status, body)
@@ -323,9 +338,6 @@ class SendReport:
         self.latencies: List[int] = []
         self.dead: List[Tuple[FailedRecord, object]] = []
 
-    def __bool__(self):
-        return bool(self.requests or self.dead)
-
 
 class RecordSender:
     """Batching, ordering, retries, requests in flight and adaptive rate over one
@@ -350,7 +362,11 @@ class RecordSender:
         self.max_in_flight, self.max_record_bytes, self.max_delay_s = max_in_flight, max_record_bytes, max_delay_s
         self.request_bytes = MAX_REQUEST_BYTES if max_record_bytes <= MAX_RECORD_BYTES else LARGE_RECORD_REQUEST_BYTES
         self.max_window = max_in_flight * MAX_RECORDS_PER_REQUEST
-        self.window = self.max_window  # records allowed in flight (AIMD)
+        self.window = float(MAX_RECORDS_PER_REQUEST)  # records per round trip (AIMD)
+        self._srtt: Optional[float] = None  # smoothed round trip (s); no pacing before the first reply
+        self._tokens, self._tokens_at = float(MAX_RECORDS_PER_REQUEST), 0.0
+        self._token_wait: Optional[float] = None
+        self._slow_start = True  # until the first throttling: grow by what was accepted
         self._epoch = 0  # how often the window was cut
         self.held = self.held_bytes = 0  # records added and not yet delivered or dead-lettered
         self._queue: Deque[Tuple] = collections.deque()
@@ -361,7 +377,7 @@ class RecordSender:
         self._retries: List[Tuple[float, int, List[Tuple]]] = []  # heap of (due, sequence, records)
         self._retry_seq = 0
         self._tries: Dict[int, list] = {}
-        self._requests = self._records_in_flight = 0
+        self._requests = 0
         self._report = SendReport()
         self._jobs: Optional[queue.SimpleQueue] = None
         self._done: queue.SimpleQueue = queue.SimpleQueue()
@@ -394,14 +410,16 @@ class RecordSender:
             self._release_due()
         if not force and self.max_delay_s is not None and self._queued_since is not None:
             force = self.clock() - self._queued_since >= self.max_delay_s
-        self._submit(force)
+        if force or self._ready or len(self._queue) >= MAX_RECORDS_PER_REQUEST or self._queued_bytes >= self.request_bytes:
+            self._submit(force)
         while ((max_held is not None and self.held > max_held)
                or (max_held_bytes is not None and self.held_bytes > max_held_bytes)):
             self._wait()
             self._submit(True)
-        if not self._report:
+        report = self._report
+        if not (report.requests or report.dead):
             return None
-        report, self._report = self._report, SendReport()
+        self._report = SendReport()
         return report
 
     def flush(self) -> SendReport:
@@ -418,16 +436,26 @@ class RecordSender:
     # ---------------------------------------------------------------- requests
 
     def _submit(self, force: bool) -> None:
+        """Requests go out paced at ``window`` records per round trip (a token bucket holding
+        one full request): a slow stream gets full requests further apart rather than small
+        ones every round trip, since what a request costs the client is mostly per request."""
+        self._token_wait = None
         while self._requests < self.max_in_flight:
-            free = self.window - self._records_in_flight
-            if self._requests and free < MIN_RECORDS_IN_FLIGHT:
-                return  # the window is full: replies first
-            limit = min(MAX_RECORDS_PER_REQUEST, max(free, MIN_RECORDS_IN_FLIGHT))
-            if not force and len(self._ready) + len(self._queue) < limit and self._queued_bytes < self.request_bytes:
+            want = min(MAX_RECORDS_PER_REQUEST, len(self._ready) + len(self._queue))
+            if not want or (not force and want < MAX_RECORDS_PER_REQUEST and self._queued_bytes < self.request_bytes):
                 return  # not a full request yet
-            batch = self._take(limit)
+            if self._srtt is not None:
+                now = self.clock()
+                rate = self.window / self._srtt
+                self._tokens = min(MAX_RECORDS_PER_REQUEST, self._tokens + (now - self._tokens_at) * rate)
+                self._tokens_at = now
+                if self._tokens < want - 0.5:  # (half a record: float rounding)
+                    self._token_wait = max((want - self._tokens) / rate, 0.0005)
+                    return
+            batch = self._take(want)
             if not batch:
                 return
+            self._tokens -= len(batch)
             self._start(batch)
 
     def _take(self, limit: int) -> List[Tuple]:
@@ -467,7 +495,6 @@ class RecordSender:
 
     def _start(self, batch: List[Tuple]) -> None:
         self._requests += 1
-        self._records_in_flight += len(batch)
         started = now_ms()
         tries = self._tries
         if tries:
@@ -476,7 +503,7 @@ class RecordSender:
                 if t is not None:
                     t[0] += 1
                     t[2] = started
-        job = (batch, self._epoch, started)
+        job = (batch, self._epoch, started, self.clock())
         if self.max_in_flight == 1:
             self._handle(job, self._call(batch))
             return
@@ -508,8 +535,10 @@ class RecordSender:
             self._handle(*done.get())
 
     def _wait(self) -> None:
-        """Until a reply comes back or the next retry is due."""
+        """Until a reply comes back, the next retry is due or the pacing allows a request."""
         due = self._retries[0][0] - self.clock() if self._retries else None
+        if self._token_wait is not None:
+            due = self._token_wait if due is None else min(due, self._token_wait)
         if self._requests:
             try:
                 self._handle(*self._done.get(timeout=None if due is None else max(due, 0)))
@@ -529,19 +558,25 @@ class RecordSender:
 
     def _handle(self, job, result) -> None:
         from botocore.exceptions import BotoCoreError, NoCredentialsError
-        batch, epoch, started = job
+        from urllib3.exceptions import HTTPError
+        batch, epoch, started, sent_at = job
         self._requests -= 1
-        self._records_in_flight -= len(batch)
         self._report.requests += 1
         status, body = result
         if status is None:
             if isinstance(body, NoCredentialsError):
                 self._dead(batch, "NoCredentials", str(body), started, rejected=True)
-            elif isinstance(body, (BotoCoreError, OSError)):  # connection refused/reset, timeouts
+            elif isinstance(body, (BotoCoreError, OSError, HTTPError)):  # connection refused/reset, timeouts
                 self._retry_or_dead(batch, type(body).__name__, str(body), started)
             else:
                 raise body
             return
+        now = self.clock()
+        rtt = max(now - sent_at, MIN_ROUND_TRIP_S)
+        if self._srtt is None:  # pacing starts with the first round trip measured
+            self._srtt, self._tokens_at = rtt, now
+        else:
+            self._srtt = 0.875 * self._srtt + 0.125 * rtt  # as TCP's smoothed RTT
         if status != 200:
             code, message = response_error(status, body)
             throttled = code in THROTTLING_ERRORS
@@ -561,7 +596,7 @@ class RecordSender:
             return
         if not failed and len(results) == len(batch):  # the usual answer
             self._delivered(batch, acked)
-            self.window = min(self.max_window, self.window + RECORDS_IN_FLIGHT_STEP)
+            self._grow(len(batch))
             return
         delivered, again = [], {}  # retryable code -> (records, a message)
         for i, record in enumerate(batch):
@@ -578,15 +613,24 @@ class RecordSender:
         for code, (records, message) in again.items():
             self._retry_or_dead(records, code, message, started)
         if "ProvisionedThroughputExceededException" in again:
-            self._throttled(epoch)
+            self._throttled(epoch, len(again["ProvisionedThroughputExceededException"][0]) / len(batch))
 
-    def _throttled(self, epoch: int) -> None:
-        """Multiplicative decrease, once per round trip: replies to requests sent before the
-        last cut do not cut again."""
+    def _grow(self, accepted: int) -> None:
+        """Additive increase: ``WINDOW_STEP`` more per round trip (a window's worth
+        of accepted records); before the first throttling, by what was accepted (doubling per
+        round trip, as TCP's slow start)."""
+        step = accepted if self._slow_start else WINDOW_STEP * accepted / self.window
+        self.window = min(self.max_window, self.window + step)
+
+    def _throttled(self, epoch: int, fraction: float = 0.0) -> None:
+        """Multiplicative decrease, once per round trip (replies to requests sent before the
+        last cut do not cut again): by half, or to the share of the request that was accepted
+        when that is less (a slow start that overshot far)."""
         self._report.throttled += 1
         if epoch == self._epoch:
             self._epoch += 1
-            self.window = max(MIN_RECORDS_IN_FLIGHT, self.window // 2)
+            self._slow_start = False
+            self.window = max(MIN_WINDOW, self.window * min(0.5, 1.0 - fraction))
 
     def _finished(self, records) -> None:
         busy, ready = self._busy, self._ready
@@ -693,7 +737,7 @@ class _KinesisWriteFn(beam.DoFn):
     def setup(self):
         # No stream check here: it ran once where the pipeline was built (see the module doc).
         dest = self._destination
-        transport = self._transport or URLLib3Transport(self._max_in_flight)
+        transport = self._transport or Urllib3Transport(self._max_in_flight)
         self._sender = RecordSender(PutRecords.for_destination(dest, transport), dest.retry,
                                     self._max_in_flight, dest.max_record_bytes, self._max_delay_ms / 1000.0)
         self._window = LatencyWindow(self._alerts.latency_p95_seconds * 1000) if self._alerts else None
@@ -706,13 +750,15 @@ class _KinesisWriteFn(beam.DoFn):
         self._dead_writer = BundleFileWriter(self._dead_dir, "records")
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        # a plain function, not a generator: most elements produce nothing, cheaply
         sender = self._sender
-        oversize = sender.add(element[0], element[1], element[2] if len(element) > 2 else None, (timestamp, window))
-        if oversize is not None:
-            yield from self._dead_letter([(oversize, (timestamp, window))], rejected=0)
+        context = (timestamp, window)
+        oversize = sender.add(element[0], element[1], element[2] if len(element) > 2 else None, context)
         report = sender.send(self._max_records, self._max_bytes)
-        if report is not None:
-            yield from self._account(report)
+        if oversize is None and report is None:
+            return None
+        out = list(self._dead_letter([(oversize, context)], rejected=0)) if oversize is not None else []
+        return out + list(self._account(report)) if report is not None else out
 
     def finish_bundle(self):
         yield from self._account(self._sender.flush())
