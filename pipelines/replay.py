@@ -1,5 +1,5 @@
 """``python -m pipelines.replay --config CONFIG --dead_letter PATH``: send dead-lettered records
-again (SPEC 7), through the sink's own batching, ordering and retry code (``RecordSender``).
+again, through the sink's own batching, ordering and retry code (``RecordSender``).
 
 Files under ``<PATH>/records/`` are taken oldest first, each read as a stream (at most
 ``FLUSH_EVERY`` records held). What fails again goes to a new dead-letter file there; then the

@@ -326,7 +326,7 @@ def run_fn(fn, elements, clock=None):
     fn.start_bundle()
     seen, out = [], []
     for element in elements:
-        out += fn.process(element, timestamp=0, window=window.GlobalWindow()) or []
+        out += fn.process(element, timestamp=0, window=window.GlobalWindow())
         seen.append(len(fn._transport.requests))
         if clock is not None:
             clock.now += 0.06

@@ -313,7 +313,7 @@ def dead_letter_line(failed: FailedRecord, stream: str) -> bytes:
 
 
 def encode_data(data) -> bytes:
-    """Compact UTF-8 JSON, as export records are written (SPEC 6)."""
+    """Compact UTF-8 JSON, as export records are written."""
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
@@ -685,7 +685,7 @@ class RecordSender:
 
 
 class LatencyWindow:
-    """Is the export-latency p95 of the last minute over a limit? (SPEC 7)
+    """Is the export-latency p95 of the last minute over a limit?
 
     Constant memory at any rate: one slot per second with the count, the count over the limit,
     and up to ``keep`` of the over-limit values. p95 > limit exactly when more than 5 % of the
@@ -756,7 +756,7 @@ class _KinesisWriteFn(beam.DoFn):
         oversize = sender.add(element[0], element[1], element[2] if len(element) > 2 else None, context)
         report = sender.send(self._max_records, self._max_bytes)
         if oversize is None and report is None:
-            return None
+            return ()
         out = list(self._dead_letter([(oversize, context)], rejected=0)) if oversize is not None else []
         return out + list(self._account(report)) if report is not None else out
 
