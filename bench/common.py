@@ -40,7 +40,7 @@ def bench_config(path: str, stream: str = "bench", endpoint_url: str = None) -> 
 
 
 def cached_snapshot(n: int) -> str:
-    from bench.datagen import write_snapshot
+    from pipelines.sample_data import write_snapshot
     os.makedirs(OUT, exist_ok=True)
     path = os.path.join(OUT, f"snapshot-{n}.parquet")
     if not os.path.exists(path):

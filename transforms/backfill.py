@@ -16,6 +16,12 @@ values alone go through Python.
 status) when it has one of the form ``YYYY-MM-DDTHH:MM:SS[.fff](Z|±HH:MM|±HHMM)``, else the
 row's ``timestamp`` (``as_of`` when that is null), floored to the second.
 
+With ``activation.consent``, the consent rule is one more boolean mask over the batch (one
+merged view per row, as for the audiences): only rows that consent at ``as_of`` are exported,
+the others are counted (``consent_withheld``). With ``include_export_metadata`` each record ends
+with ``_export`` (sequence 0, ``at`` = ``as_of``, trigger ``backfill``); its id, a SHA-256 per
+row, is the one part made in Python.
+
 ``ExportSnapshot`` is the Beam step: one element per Parquet row group, read, evaluated and
 formatted inside one DoFn (record batches never cross a Beam boundary), yielding one blob of
 ``records-*.jsonl`` lines per batch and policy for the file sink, or ``ExportRecord`` elements
@@ -34,11 +40,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
-from transforms.audiences import AudienceSet
+from transforms.audiences import AudienceSet, compile_consent
 from transforms.config import ExportConfig
 from transforms.file_sink import RecordLines
 from transforms.model import ExportRecord
-from transforms.record_format import MAX_PARTITION_KEY_CHARS, RecordFormatter, encode_json
+from transforms.record_format import MAX_PARTITION_KEY_CHARS, RecordFormatter, encode_json, export_id
 from transforms.snapshot import RESERVED, drop_nulls, open_parquet
 from transforms.timeutil import format_qualification_time
 
@@ -255,6 +261,10 @@ class SnapshotExporter:
         self.as_of_ms = as_of_ms
         self.events = events_by_profile
         self.formatter = RecordFormatter(config)
+        # only profiles that consent at as_of are exported: one more mask (one merged view per row)
+        self.consent = compile_consent(config.activation.consent).vectorized if config.activation.consent else None
+        self.metadata = config.destination.include_export_metadata
+        self.withheld = 0   # records of the last batch withheld for lack of consent
         chosen = set(selected)
         # per policy involved (config order): its selected audiences, and all its audiences
         self.plans = []
@@ -267,14 +277,20 @@ class SnapshotExporter:
         """The records of a batch per merge policy, and every audience's membership column."""
         members = self.audiences.evaluate_batch(batch, self.as_of_ms, self.events)
         qualifies = [(pid, reduce(pc.or_, [members[a] for a in selected]), ids) for pid, selected, ids in self.plans]
+        if self.consent is not None:
+            consents = pc.fill_null(self.consent(batch, self.as_of_ms), False)
+            self.withheld = sum(pc.sum(pc.and_not(q, consents)).as_py() or 0 for _, q, _ in qualifies)
+            qualifies = [(pid, pc.and_(q, consents), ids) for pid, q, ids in qualifies]
         any_policy = reduce(pc.or_, [q for _, q, _ in qualifies])
         if not pc.any(any_policy).as_py():
             return [], members
         sub = batch.filter(any_policy)   # only qualifying rows are formatted
         attributes = object_members(sub, self.formatter.mapped_tree)
         head = "{" if attributes is None else _concat("{", _drop_comma(_concat(attributes, ",")))
-        tail = _concat('}},"identityMap":{', identity_map_json(_column(sub, "identityMap"), len(sub)), "}}")
-        keys = partition_keys(sub.column("profileId").cast(pa.string()))
+        tail = _concat('}},"identityMap":{', identity_map_json(_column(sub, "identityMap"), len(sub)),
+                       "}" if self.metadata else "}}")
+        profile_ids = sub.column("profileId").cast(pa.string())
+        keys = partition_keys(profile_ids)
         row_time = row_times(sub, self.as_of_ms)
         membership = _column(sub, "segmentMembership")
         out = []
@@ -285,12 +301,22 @@ class SnapshotExporter:
             entries = [e for e in (self._entry(a, pc.and_(members[a].filter(any_policy), rows), row_time, membership)
                                    for a in ids) if e is not None]
             parts = (head, '"segmentMembership":{"ups":{', _drop_comma(_join_members(entries)), tail)
+            if self.metadata:
+                parts += (self._export_metadata(profile_ids, policy_id),)
             if len(qualifies) > 1:   # with one policy, every row of ``sub`` qualifies
                 parts = tuple(p if isinstance(p, str) else p.filter(rows) for p in parts)
                 out.append(PolicyRecords(policy_id, keys.filter(rows), parts))
             else:
                 out.append(PolicyRecords(policy_id, keys, parts))
         return out, members
+
+    def _export_metadata(self, profile_ids: pa.Array, policy_id: str) -> pa.Array:
+        """``,"_export":{...}}`` per row: sequence 0, ``at`` the as-of time, trigger ``backfill``,
+        ``id`` from profileId, policy and ``backfill@<as_of ms>`` (hashed in Python: only with
+        ``include_export_metadata``)."""
+        part = f"backfill@{self.as_of_ms}"
+        ids = pa.array([export_id(p, policy_id, part) for p in profile_ids.to_pylist()], pa.string())
+        return _concat(',"_export":{"id":"', ids, f'","sequence":0,"at":{self.as_of_ms},"triggers":["backfill"]}}}}')
 
     def _entry(self, audience_id: str, member: pa.Array, row_time: pa.Array,
                membership: Optional[pa.Array]) -> Optional[pa.Array]:
@@ -338,6 +364,8 @@ class _ExportRowGroupFn(beam.DoFn):
         for batch in open_parquet(path).iter_batches(batch_size=self._batch_size, row_groups=[row_group]):
             self._profiles.inc(len(batch))
             results, members = self._exporter.export(batch)
+            if self._exporter.withheld:
+                Metrics.counter("backfill", "consent_withheld").inc(self._exporter.withheld)
             for records in results:
                 self._records.inc(len(records.partition_keys))
                 Metrics.counter("backfill", f"records_{records.policy_id}").inc(len(records.partition_keys))

@@ -74,7 +74,7 @@ from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.alerts import raise_alert
-from transforms.config import (DEFAULT_MAX_RECORD_BYTES, AlertSettings, Destination, RetrySettings)
+from transforms.config import AlertSettings, Destination, RetrySettings
 from transforms.dead_letter import BundleFileWriter
 from transforms.errors import UserError
 from transforms.timeutil import format_iso_ms, now_ms
@@ -84,7 +84,7 @@ LOG = logging.getLogger(__name__)
 MAX_RECORDS_PER_REQUEST = 500
 MAX_REQUEST_BYTES = 5 * 1024 * 1024
 LARGE_RECORD_REQUEST_BYTES = 10 * 1024 * 1024  # when records may be over 1 MiB
-MAX_RECORD_BYTES = DEFAULT_MAX_RECORD_BYTES
+MAX_RECORD_BYTES = 1024 * 1024  # the default destination.max_record_bytes
 MIN_WINDOW = 10
 MIN_ROUND_TRIP_S = 0.001
 WINDOW_STEP = 10
