@@ -390,7 +390,7 @@ class RecordSender:
         size = (len(key) if key.isascii() else len(key.encode("utf-8"))) + len(data)
         if size > self.max_record_bytes:
             return record_too_large(key, data, self.max_record_bytes)
-        if not self._queue:
+        if self._queued_since is None:
             self._queued_since = self.clock()
         self._queue.append((key, data, event_time_ms, size, context))
         self._queued_bytes += size
@@ -463,19 +463,21 @@ class RecordSender:
         (those wait behind their key), within the record and byte limits."""
         batch, size, max_bytes = [], 0, self.request_bytes
         ready, pending, busy = self._ready, self._queue, self._busy
-        while ready and len(batch) < limit:
+        while ready and limit:
             record = ready[0]
             if size + record[3] > max_bytes:
                 return batch
             ready.popleft()
             batch.append(record)
             size += record[3]
-        while pending and len(batch) < limit:
+            limit -= 1
+        taken = 0  # bytes leaving the queue
+        while pending and limit:
             record = pending[0]
             key = record[0]
             if key in busy:
                 pending.popleft()
-                self._queued_bytes -= record[3]
+                taken += record[3]
                 waiting = busy[key]
                 if waiting is None:
                     busy[key] = collections.deque((record,))
@@ -485,10 +487,12 @@ class RecordSender:
             if size + record[3] > max_bytes:
                 break
             pending.popleft()
-            self._queued_bytes -= record[3]
+            taken += record[3]
             busy[key] = None
             batch.append(record)
             size += record[3]
+            limit -= 1
+        self._queued_bytes -= taken
         if not pending:
             self._queued_since = None
         return batch
