@@ -188,10 +188,12 @@ def document(results: dict, quick: bool, seconds: float) -> str:
         "```",
         "",
         "Shard capacity: `bench.shard_endpoint` behaves like a provisioned stream of S shards (MD5 hash-key ranges, "
-        "1,000 records/s and 1 MiB/s per shard, token buckets empty at start, per-record "
+        "1,000 records/s and 1 MiB/s per shard in token buckets of one second, full at the first record like an idle "
+        "stream's, per-record "
         "`ProvisionedThroughputExceededException` above that, every reply 30 ms late). One `KinesisWrite` "
         "instance, driven in bundles of one second of the stream's capacity, sends S x 1,000 records/s' worth over "
-        "keys of four records each; the endpoint checks each key's order on what it accepted.",
+        "keys of four records each; the endpoint checks each key's order on what it accepted. The rate leaves the "
+        "idle stream's free first second out: (delivered - S x 1,000) / wall time.",
         "",
         "| shards | delivered records/s | capacity | ratio | client µs CPU/record | requests | throttled records | "
         "out of order | dead-lettered | lost |",

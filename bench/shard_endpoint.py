@@ -4,9 +4,9 @@ capacity and latency benchmarks.
 ``python -m bench.shard_endpoint --shards S [--delay_ms 30] [--latency_log PATH]`` prints its
 port, then serves ListStreams and PutRecords for any stream name:
 - partition keys map to shards by the MD5 of the key over equal hash-key ranges, as Kinesis
-  does; each shard takes 1,000 records/s and 1 MiB/s (token buckets holding up to one second,
-  empty at start: no burst credit to flatter a rate), and a record over that gets a per-record
-  ``ProvisionedThroughputExceededException``;
+  does; each shard takes 1,000 records/s and 1 MiB/s (token buckets holding one second, full
+  when the first record arrives, as an idle stream's second is), and a record over that gets a
+  per-record ``ProvisionedThroughputExceededException``;
 - every reply is held back ``delay_ms`` (a round trip to AWS);
 - it checks what arrives: records carry their sequence in their first 9 data bytes (ASCII
   digits), and a record of a key whose sequence is not above the last one accepted for that key
@@ -42,10 +42,9 @@ class ProvisionedStream:
     def __init__(self, shards: int, sequence_in_data: bool = True):
         self.shards = shards
         self.starts = [(2 ** 128 * i) // shards for i in range(shards)]  # hash-key range starts
-        now = time.monotonic()
-        self.records = [0.0] * shards
-        self.bytes = [0.0] * shards
-        self.updated = [now] * shards
+        self.records = [float(RECORDS_PER_SHARD_S)] * shards  # full: an idle stream's second
+        self.bytes = [float(BYTES_PER_SHARD_S)] * shards
+        self.updated = [None] * shards  # refills count from the first record sent
         self.last_seq = {}
         self.sequence_in_data = sequence_in_data
         self.stats = {"requests": 0, "accepted": 0, "throttled": 0, "out_of_order": 0, "repeated": 0,
@@ -63,7 +62,7 @@ class ProvisionedStream:
         with self.lock:
             tokens, room, updated, last_seq, stats = self.records, self.bytes, self.updated, self.last_seq, self.stats
             for shard in set(shards):
-                elapsed = now - updated[shard]
+                elapsed = now - (updated[shard] or now)
                 updated[shard] = now
                 tokens[shard] = min(RECORDS_PER_SHARD_S, tokens[shard] + elapsed * RECORDS_PER_SHARD_S)
                 room[shard] = min(BYTES_PER_SHARD_S, room[shard] + elapsed * BYTES_PER_SHARD_S)

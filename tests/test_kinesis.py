@@ -283,8 +283,10 @@ def test_throttled_replies_cut_once_per_round_trip():
     assert sender.window == 2000
     sender._throttled(epoch=1)
     assert sender.window == 1000
-    sender._throttled(epoch=2, fraction=0.9)    # most of a request throttled: down to what was accepted
-    assert sender.window == pytest.approx(100)
+    sender._throttled(epoch=2, fraction=0.7)    # most of a request throttled: down to what was accepted
+    assert sender.window == pytest.approx(300)
+    sender._throttled(epoch=3, fraction=1.0)    # all of it: a quarter at most
+    assert sender.window == pytest.approx(75)
     for _ in range(100):
         sender._throttled(epoch=sender._epoch)
     assert sender.window == 10           # the floor

@@ -408,14 +408,15 @@ class RecordSender:
             self._collect(block=False)
         if self._retries:
             self._release_due()
-        if not force and self.max_delay_s is not None and self._queued_since is not None:
-            force = self.clock() - self._queued_since >= self.max_delay_s
-        if force or self._ready or len(self._queue) >= MAX_RECORDS_PER_REQUEST or self._queued_bytes >= self.request_bytes:
-            self._submit(force)
+        late = (self.max_delay_s is not None and self._queued_since is not None
+                and self.clock() - self._queued_since >= self.max_delay_s)
+        if force or late or self._ready or len(self._queue) >= MAX_RECORDS_PER_REQUEST \
+                or self._queued_bytes >= self.request_bytes:
+            self._submit(force or late, late)
         while ((max_held is not None and self.held > max_held)
                or (max_held_bytes is not None and self.held_bytes > max_held_bytes)):
             self._wait()
-            self._submit(True)
+            self._submit(True, False)
         report = self._report
         if not (report.requests or report.dead):
             return None
@@ -435,23 +436,30 @@ class RecordSender:
 
     # ---------------------------------------------------------------- requests
 
-    def _submit(self, force: bool) -> None:
+    def _submit(self, partial: bool, late: bool) -> None:
         """Requests go out paced at ``window`` records per round trip (a token bucket holding
         one full request): a slow stream gets full requests further apart rather than small
-        ones every round trip, since what a request costs the client is mostly per request."""
+        ones every round trip, since what a request costs the client is mostly per request.
+        ``partial``: fewer records than a full request may go; ``late`` (records waited
+        ``max_delay_s``): wait for one window's worth of pacing at most, not a full request."""
         self._token_wait = None
         while self._requests < self.max_in_flight:
             want = min(MAX_RECORDS_PER_REQUEST, len(self._ready) + len(self._queue))
-            if not want or (not force and want < MAX_RECORDS_PER_REQUEST and self._queued_bytes < self.request_bytes):
+            if not want or (not partial and want < MAX_RECORDS_PER_REQUEST and self._queued_bytes < self.request_bytes):
                 return  # not a full request yet
-            if self._srtt is not None:
+            if self._srtt is None:
+                if self._requests:
+                    return  # one request until a round trip is measured
+            else:
                 now = self.clock()
                 rate = self.window / self._srtt
                 self._tokens = min(MAX_RECORDS_PER_REQUEST, self._tokens + (now - self._tokens_at) * rate)
                 self._tokens_at = now
-                if self._tokens < want - 0.5:  # (half a record: float rounding)
-                    self._token_wait = max((want - self._tokens) / rate, 0.0005)
+                need = min(want, max(int(self.window), MIN_WINDOW)) if late else want
+                if self._tokens < need - 0.5:  # (half a record: float rounding)
+                    self._token_wait = max((need - self._tokens) / rate, 0.0005)
                     return
+                want = min(want, max(need, int(self._tokens + 0.5)))
             batch = self._take(want)
             if not batch:
                 return
@@ -629,12 +637,12 @@ class RecordSender:
     def _throttled(self, epoch: int, fraction: float = 0.0) -> None:
         """Multiplicative decrease, once per round trip (replies to requests sent before the
         last cut do not cut again): by half, or to the share of the request that was accepted
-        when that is less (a slow start that overshot far)."""
+        when that is less (a slow start that overshot far), but at most to a quarter."""
         self._report.throttled += 1
         if epoch == self._epoch:
             self._epoch += 1
             self._slow_start = False
-            self.window = max(MIN_WINDOW, self.window * min(0.5, 1.0 - fraction))
+            self.window = max(MIN_WINDOW, self.window * max(0.25, min(0.5, 1.0 - fraction)))
 
     def _finished(self, records) -> None:
         busy, ready = self._busy, self._ready
