@@ -105,6 +105,7 @@ class FakeKinesis:
         self.plan, self.default, self.delay_s = list(plan), default, delay_s
         self.requests, self.headers, self.delivered = [], [], []
         self.concurrent = self.max_concurrent = 0
+        self.concurrency = []  # requests at once as each one started
         self.overlapping_keys = set()
         self._in_flight = set()
         self._lock = threading.Lock()
@@ -127,6 +128,7 @@ class FakeKinesis:
             self._in_flight |= set(keys)
             self.concurrent += 1
             self.max_concurrent = max(self.max_concurrent, self.concurrent)
+            self.concurrency.append(self.concurrent)
         try:
             if self.delay_s:
                 time.sleep(self.delay_s)

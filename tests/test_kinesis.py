@@ -317,6 +317,18 @@ def test_requests_in_flight_never_share_a_key_and_keep_order_under_failures():
     assert report.retried > 0
 
 
+def test_one_request_until_a_round_trip_is_measured_then_slow_start():
+    fake = FakeKinesis(delay_s=0.02)
+    sender = RecordSender(PutRecords("s", "r", "http://kinesis.test", FrozenCredentials(), fake), max_in_flight=8)
+    try:
+        for i in range(6000):
+            sender.add(f"p-{i}", b"{}")
+        assert sender.flush().sent == 6000
+    finally:
+        sender.close()
+    assert fake.concurrency[:2] == [1, 1] and fake.max_concurrent > 1   # then the window doubles
+
+
 # ------------------------------------------------------------------ the DoFn, with a fake transport
 
 def run_fn(fn, elements, clock=None):
