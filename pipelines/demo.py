@@ -123,7 +123,8 @@ def run(argv) -> int:
         shutil.copy("examples/vip.csv", os.path.join(out, "vip.csv"))
         config = yaml.safe_load(open("examples/config.yaml"))
         config["destination"].update(endpoint_url=kinesis.url, stream=stream, include_segment_names=True,
-                                     include_export_metadata=True, dead_letter="./dead-letter")
+                                     include_export_metadata=True, dead_letter="./dead-letter",
+                                     max_requests_in_flight=1)   # moto loses records under concurrent writes
         config["activation"] = ACTIVATION
         config_path = os.path.join(out, "config.yaml")
         with open(config_path, "w") as f:

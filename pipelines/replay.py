@@ -26,7 +26,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.common import ConfigOptions, ProgressOptions, cli_main, load_job_config, parse_command_line, rate
 from transforms.dead_letter import BundleFileWriter
 from transforms.errors import UserError
-from transforms.kinesis import RecordSender, check_stream, dead_letter_line, encode_data, make_client
+from transforms.kinesis import PutRecords, RecordSender, check_stream, dead_letter_line, encode_data
 
 FLUSH_EVERY = 5000
 
@@ -49,21 +49,22 @@ def _record(doc: dict):
     return doc["partitionKey"], encode_data(data)
 
 
-def replay(config, root: str, client=None, progress_interval_s: float = 10.0) -> dict:
+def replay(config, root: str, transport=None, progress_interval_s: float = 10.0) -> dict:
     dest = config.destination
-    client = client or make_client(dest)
-    check_stream(dest, client)
+    check_stream(dest)
     records_dir = FileSystems.join(root, "records")
     replayed_dir = FileSystems.join(records_dir, "replayed")
     found = FileSystems.match([FileSystems.join(records_dir, "*.jsonl")])[0].metadata_list
     totals = {"files": 0, "sent": 0, "failed": 0, "unreadable": 0}
-    sender = RecordSender(client, dest.stream, dest.retry)
+    # one request at a time: dead letters are small
+    sender = RecordSender(PutRecords.for_destination(dest, transport), dest.retry, max_in_flight=1,
+                          max_record_bytes=dest.max_record_bytes)
     started = last_report = time.monotonic()
 
     def flush(still_failing: BundleFileWriter) -> None:
         nonlocal last_report
         report = sender.flush()
-        for failed in report.dead:
+        for failed, _ in report.dead:
             still_failing.write(dead_letter_line(failed, dest.stream))
         totals["sent"] += report.sent
         totals["failed"] += len(report.dead)
@@ -90,7 +91,7 @@ def replay(config, root: str, client=None, progress_interval_s: float = 10.0) ->
                 if oversize is not None:
                     still_failing.write(dead_letter_line(oversize, dest.stream))
                     totals["failed"] += 1
-                if len(sender.pending) >= FLUSH_EVERY:
+                if sender.held >= FLUSH_EVERY:
                     flush(still_failing)
         flush(still_failing)
         still_failing.close()

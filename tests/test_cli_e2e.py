@@ -29,7 +29,8 @@ def run(module, *args, timeout=180):
 
 def write_config(tmp_path, endpoint="http://127.0.0.1:9", stream="exports", **destination):
     doc = yaml.safe_load(open("examples/config.yaml"))
-    doc["destination"].update(stream=stream, endpoint_url=endpoint, dead_letter=str(tmp_path / "dl"), **destination)
+    doc["destination"].update(stream=stream, endpoint_url=endpoint, dead_letter=str(tmp_path / "dl"),
+                              max_requests_in_flight=1, **destination)   # moto: one request at a time
     doc["destination"]["retry"] = {"max_retries": 1, "base_delay_ms": 1, "max_delay_ms": 5}
     doc["audiences"][3]["upload"]["path"] = os.path.abspath("examples/vip.csv")
     path = tmp_path / "config.yaml"

@@ -106,6 +106,7 @@ class Destination:
     retry: RetrySettings = RetrySettings()
     include_export_metadata: bool = False   # records end with ``_export`` (id, sequence, at, triggers)
     max_record_bytes: int = 1048576         # data plus partition key, 1 KiB..10 MiB
+    max_requests_in_flight: int = 8         # PutRecords requests one sink instance has out at once
 
 
 @dataclasses.dataclass(frozen=True)
@@ -498,7 +499,8 @@ def _destination(d: dict, base_dir: str, errors: List[str]) -> Destination:
         include_segment_names=d.get("include_segment_names", False),
         include_segment_timestamps=d.get("include_segment_timestamps", False), retry=retry,
         include_export_metadata=d.get("include_export_metadata", False),
-        max_record_bytes=d.get("max_record_bytes", 1048576))
+        max_record_bytes=d.get("max_record_bytes", 1048576),
+        max_requests_in_flight=d.get("max_requests_in_flight", 8))
 
 
 def _merge_policies(raw: list, errors: List[str]) -> Tuple[MergePolicyConfig, ...]:
