@@ -1,4 +1,4 @@
-"""Backfill wall time vs DuckDB on the same snapshot (SPEC 8): goal 3x or less.
+"""Backfill wall time vs DuckDB on the same snapshot (BENCHMARKS.md): goal 3x or less.
 
 ``python -m bench.backfill_bench [--profiles N]``: a generated snapshot (deterministic seed,
 cached under bench/out/), three attribute audiences; the project's backfill to the file sink as

@@ -55,7 +55,7 @@ def job(tmp_path_factory):
 
 
 def expected_records(config_path, snapshot, selected, events_pattern=None):
-    """The per-profile path: rules on the row, then the streaming formatter (SPEC 6 "Backfill")."""
+    """The per-profile path: rules on the row, then the streaming formatter (docs/semantics.md#exports "Backfill")."""
     config = load_config(config_path)
     audiences, formatter = AudienceSet.from_config(config), RecordFormatter(config)
     events = read_events(events_pattern) if events_pattern else {}
@@ -99,7 +99,7 @@ def test_backfill_to_files_matches_the_per_profile_path(job):
     crm = sum(b'"aud-gold"' in data for _, data in got)   # each record is of one policy
     assert summary == (f"backfill as of 2024-05-01T00:00:00Z: 2500 profiles read; members aud-delorean: "
                        f"{len(got) - crm}, aud-gold: {crm}; records mp-default: {len(got) - crm}, mp-crm: {crm}; "
-                       "0 records dead-lettered")
+                       f"{len(got)} records written to {out}, 0 records dead-lettered")
     assert not glob.glob(str(out / ".*"))
 
 

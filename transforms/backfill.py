@@ -1,4 +1,4 @@
-"""Backfill: a snapshot's qualified profiles as export records, vectorized (SPEC 6 "Backfill").
+"""Backfill: a snapshot's qualified profiles as export records, vectorized (docs/semantics.md#exports "Backfill").
 
 For the selected mapped audiences, every row whose rule holds at ``as_of`` is exported once
 per merge policy, as ``realized``: the selected audiences it qualifies for play the part of the
@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
+from transforms import progress
 from transforms.audiences import AudienceSet, compile_consent
 from transforms.config import ExportConfig
 from transforms.file_sink import RecordLines
@@ -61,7 +62,7 @@ def _concat(*parts) -> pa.Array:
 def _join_members(members: Sequence[pa.Array]) -> pa.Array:
     """Concatenation of each row's present members ("" where none), in one pass. Members
     carry their own leading comma; ``null_handling="replace"``, not ``"skip"``, which drops
-    rows whose values are all null (SPEC 9)."""
+    rows whose values are all null (docs/DEVELOPING.md)."""
     return pc.binary_join_element_wise(*members, "", null_handling="replace", null_replacement="")
 
 
@@ -363,6 +364,7 @@ class _ExportRowGroupFn(beam.DoFn):
         path, row_group = item
         for batch in open_parquet(path).iter_batches(batch_size=self._batch_size, row_groups=[row_group]):
             self._profiles.inc(len(batch))
+            progress.add(progress.PROFILES, len(batch))
             results, members = self._exporter.export(batch)
             if self._exporter.withheld:
                 Metrics.counter("backfill", "consent_withheld").inc(self._exporter.withheld)

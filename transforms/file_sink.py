@@ -1,5 +1,5 @@
 """``--output PATH``: the export records as JSON lines ``{"partitionKey": ..., "data": {...}}``
-in ``PATH/records-*.jsonl`` (SPEC 2), for dry runs.
+in ``PATH/records-*.jsonl`` (docs/semantics.md#command-lines), for dry runs.
 
 Lines are built by byte concatenation (the data is already compact JSON: no re-parse). Accepts
 ``ExportRecord`` elements (streaming) and ``RecordLines`` blobs of whole lines (backfill

@@ -1,7 +1,8 @@
-"""``ProfileState``: what one profile's keyed state must remember for SPEC 5-6, and no more; the
-one place that changes it (the exporter calls its methods: ``apply`` an update, ``evaluated`` after
-an evaluation, ``requalified``/``next_sequence`` for the activation controls, ``prune_events``; the
-merge policies of ``merge`` only work on the attribute stores ``apply`` hands them).
+"""``ProfileState``: what one profile's keyed state must remember for
+docs/semantics.md#profiles-and-audiences, and no more; the one place that changes it (the exporter
+calls its methods: ``apply`` an update, ``evaluated`` after an evaluation, ``requalified``/
+``next_sequence`` for the activation controls, ``prune_events``; the merge policies of ``merge``
+only work on the attribute stores ``apply`` hands them).
 
 - ``view``/``stamps``: the ``timestamp_ordered`` view and its per-path write times, and
   ``datasets``: per-dataset writes for ``dataset_precedence`` (see ``merge``; each is empty
@@ -69,7 +70,7 @@ class ProfileState:
     @classmethod
     def from_snapshot(cls, snapshot: SnapshotProfile, policies: MergePolicies,
                       audience_ids: Collection[str]) -> "ProfileState":
-        """The state a profile starts from in a seeded stream (SPEC 6): the snapshot's
+        """The state a profile starts from in a seeded stream (docs/semantics.md#exports): the snapshot's
         attributes as writes at its timestamp, its identities, and its memberships of the
         configured audiences, so known members are not announced again but their exits are."""
         state = cls(

@@ -1,4 +1,4 @@
-"""Parquet profile snapshots (SPEC 4): record batches for the backfill, profile states for the
+"""Parquet profile snapshots (docs/semantics.md#inputs): record batches for the backfill, profile states for the
 streaming seed, and experience events for event rules in a backfill.
 
 A snapshot row: ``profileId`` (string), ``timestamp`` (Parquet timestamp, UTC), ``identityMap``
@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from transforms import progress
 from transforms.errors import UserError
 from transforms.model import SegmentStatus, SnapshotProfile
 from transforms.timeutil import parse_timestamp_ms
@@ -143,6 +144,7 @@ class ReadSnapshotProfiles(beam.PTransform):
 
 def _file_profiles(path: str) -> Iterator[SnapshotProfile]:
     for batch in iter_file_batches(path):
+        progress.add(progress.SEED_PROFILES, batch.num_rows)  # live progress of a seeded job
         yield from snapshot_profiles(batch)
 
 
