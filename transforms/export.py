@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import collections
 import operator
-from typing import Any, FrozenSet, Iterator, List, Optional, Tuple
+from typing import Any, FrozenSet, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.coders import coders
@@ -314,7 +314,7 @@ class _ExportProfileChangesFn(beam.DoFn):
         self._evaluated.flush()
 
     def process(self, element: Tuple[str, ProfileUpdate], profile=beam.DoFn.StateParam(PROFILE),
-                seeds=None) -> Iterator[Any]:
+                seeds=None) -> Iterable[Any]:
         return self._on_update(element, profile, None, seeds)
 
     def _on_update(self, element, profile, time_change, seeds):
@@ -359,13 +359,13 @@ class _TimedExportProfileChangesFn(_ExportProfileChangesFn):
 
     def process(self, element: Tuple[str, ProfileUpdate],
                 profile=beam.DoFn.StateParam(_ExportProfileChangesFn.PROFILE),
-                time_change=beam.DoFn.TimerParam(TIME_CHANGE), seeds=None) -> Iterator[Any]:
+                time_change=beam.DoFn.TimerParam(TIME_CHANGE), seeds=None) -> Iterable[Any]:
         return self._on_update(element, profile, time_change, seeds)
 
     @on_timer(TIME_CHANGE)
     def on_time_change(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
                        profile=beam.DoFn.StateParam(_ExportProfileChangesFn.PROFILE),
-                       time_change=beam.DoFn.TimerParam(TIME_CHANGE)) -> Iterator[Any]:
+                       time_change=beam.DoFn.TimerParam(TIME_CHANGE)) -> Iterable[Any]:
         state = profile.read()
         fired_ms = fired.micros // 1000
         if state is None or state.timer_ms is None or state.timer_ms > fired_ms:
