@@ -58,7 +58,7 @@ def streaming_verdict(s: dict) -> str:
         f"parameter, timers set, records out and metrics {fmt(us.get('runner_timers_and_outputs'))}. For 0.7 "
         f"the export may add at most 0.43 of the bare DoFn's {fmt(round(bare, 1))} µs, about "
         f"{fmt(round(bare * 0.43, 1))} µs; it adds {fmt(round(added, 1))} µs.\n\n"
-        "The logic per update, split by timing each step in a quiet process: state decode and encode "
+        "The logic per update, timed step by step in a quiet process when this text was written: state decode and encode "
         "(marshal) about 7 µs; merge-policy writes about 3 µs; evaluation of the audiences whose inputs "
         "changed, the decision and the record bytes (0.37 records per update) most of the rest; and the "
         "garbage collector's passes, which grow with every live object of the process (the runner's "
@@ -68,9 +68,10 @@ def streaming_verdict(s: dict) -> str:
         "the decision and the record bytes use tables prepared once and one JSON encoder. Compiling the "
         "unchanged modules with Cython 3 (pure-Python mode, no type declarations) measured within noise "
         "of the pure build (0-10% of the logic), so no compiled build is shipped: a large gain would "
-        "need typed extension classes for the state and the rules, C idioms in the domain code. What "
-        "would close the gap is less work per update on the runner's side as much as on ours: the timer "
-        "parameter alone costs the DirectRunner "
+        "need typed extension classes for the state and the rules, C idioms in the domain code. Closing "
+        "the gap needs the logic at about a third of its cost: a compiled core with typed classes, or a state "
+        "layout in which an update decodes and re-encodes only the parts it changes (parts kept as "
+        "pre-encoded bytes); the runner's side counts too: the timer parameter alone costs the DirectRunner "
         f"{fmt(s.get('us_timer_parameter'))} µs per update (`us_timer_parameter`: the bare DoFn declaring "
         "one it never sets, same run).")
 
@@ -111,8 +112,8 @@ def consent_cost(s: dict) -> list:
     return [f"With `activation.consent` on (`--variant consent`: the same updates, one in twenty also writing the "
             f"consent attribute, so profiles opt out and back in): {fmt(c['export_updates_per_s'])} updates/s, "
             f"{fmt(c['relative_to_export'])} of the export without it in the same run "
-            f"({fmt(c.get('us_per_update_more'))} CPU µs more per update) "
-            f"({fmt(c['consent_opt_outs'])} opt-out and {fmt(c['consent_opt_ins'])} opt-in records, "
+            f"({fmt(c.get('us_per_update_more'))} CPU µs more per update; "
+            f"{fmt(c['consent_opt_outs'])} opt-out and {fmt(c['consent_opt_ins'])} opt-in records, "
             f"{fmt(c['consent_withheld'])} records withheld). The consent rule is one more compiled rule per "
             "evaluation and reads attributes only, so no timer or event history is added.", ""]
 
