@@ -20,13 +20,13 @@ from typing import List, Optional, Sequence, Tuple
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from pipelines.common import (KINESIS, ExportJobOptions, check_output, cli_main, default_runner,
+from pipelines.common import (ExportJobOptions, check_output, cli_main, default_runner,
                               load_job_config, metric_total, parse_time_option, require, write_output)
 from transforms.audiences import AudienceSet
 from transforms.backfill import ExportSnapshot
 from transforms.config import ExportConfig
 from transforms.errors import UserError
-from transforms.snapshot import match_files, read_events
+from transforms.dead_letter import WriteDeadLetters
 from transforms.timeutil import format_qualification_time, now_ms
 
 
@@ -38,6 +38,8 @@ class BackfillOptions(PipelineOptions):
         parser.add_argument("--audiences", help="comma-separated mapped audience ids (default: all mapped)")
         parser.add_argument("--as_of", help="evaluation time, ISO-8601 (default: now)")
         parser.add_argument("--batch_size", type=int, default=131072, help="rows per record batch")
+        parser.add_argument("--join_buckets", type=int, default=None,
+                            help="hash buckets of the event join (default: one per 32 MiB of input files)")
 
 
 def select_audiences(config: ExportConfig, requested: Optional[str], has_events: bool) -> Tuple[List[str], List[str]]:
@@ -68,15 +70,15 @@ def build(pipeline: beam.Pipeline, config: ExportConfig, options: PipelineOption
     as_of_ms = parse_time_option(opts.as_of, "--as_of")
     as_of_ms = now_ms() if as_of_ms is None else as_of_ms
     selected, skipped = select_audiences(config, opts.audiences, bool(opts.events))
-    paths = match_files(require(opts.snapshot, "--snapshot"))
-    events = read_events(opts.events) if opts.events else None
+    export = ExportSnapshot(config, require(opts.snapshot, "--snapshot"), selected, as_of_ms, opts.events,
+                            batch_size=opts.batch_size, buckets=opts.join_buckets)
     check_output(config, output)
     if skipped:
         print(f"backfill: skipping audiences whose rules need events (give --events): {', '.join(skipped)}",
               file=sys.stderr)
-    records = pipeline | "ExportSnapshot" >> ExportSnapshot(
-        config, paths, selected, as_of_ms, events, as_lines=output != KINESIS, batch_size=opts.batch_size)
-    write_output(records, config, output, live=False)
+    out = pipeline | "ExportSnapshot" >> export
+    write_output(out["records"], config, output, live=False)
+    out["dead_letter"] | "InputDeadLetters" >> WriteDeadLetters(config.destination.dead_letter)
     return selected, as_of_ms
 
 
@@ -105,8 +107,10 @@ def run(argv: Sequence[str]) -> int:
     per_policy = ", ".join(f"{p.id}: {metric_total(result, 'records_' + p.id, 'backfill')}"
                            for p in config.merge_policies)
     dead = metric_total(result, "records_dead_lettered")
+    bad_inputs = metric_total(result, "input_dead_letters_written")
     print(f"backfill as of {format_qualification_time(as_of_ms)}: {profiles} profiles read; members {per_audience}; "
-          f"records {per_policy}; {dead} records dead-lettered", file=sys.stderr)
+          f"records {per_policy}; {dead} records dead-lettered; {bad_inputs} bad input rows or files dead-lettered",
+          file=sys.stderr)
     return 0
 
 

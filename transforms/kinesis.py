@@ -60,6 +60,7 @@ from transforms.alerts import raise_alert
 from transforms.config import AlertSettings, Destination, RetrySettings
 from transforms.dead_letter import BundleFileWriter
 from transforms.errors import UserError
+from transforms.model import ExportRecordBatch
 from transforms.timeutil import format_iso_ms, now_ms
 
 LOG = logging.getLogger(__name__)
@@ -455,6 +456,10 @@ class _KinesisWriteFn(beam.DoFn):
         self._dead_writer = BundleFileWriter(self._dead_dir, "records")
 
     def process(self, element):
+        if isinstance(element, ExportRecordBatch):   # a backfill batch: its records one by one
+            for record in element.records():
+                yield from self.process(record)
+            return
         event_time_ms = element[2] if len(element) > 2 else None
         oversize = self._sender.add(element[0], element[1], event_time_ms)
         if oversize is not None:
