@@ -52,6 +52,7 @@ from transforms.vectorized import compile_vectorized
 BUCKET_INPUT_BYTES = 32 << 20
 _MULTIPLIER = np.uint64(0xBF58476D1CE4E5B9)
 _ALL_ONES = np.uint64(2 ** 64 - 1)
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 
 
 def default_buckets(input_bytes: int) -> int:
@@ -91,9 +92,9 @@ def bucket_of(profile_ids: pa.Array, buckets: int) -> np.ndarray:
 
 
 def to_ipc(data) -> bytes:
-    """A record batch or table as an Arrow IPC stream (what crosses the shuffle)."""
+    """A record batch or table as an LZ4-compressed Arrow IPC stream (what crosses the shuffle)."""
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, data.schema) as writer:
+    with pa.ipc.new_stream(sink, data.schema, options=_IPC_OPTIONS) as writer:
         writer.write(data)
     return sink.getvalue().to_pybytes()
 
@@ -133,7 +134,7 @@ class EventPlan:
         self.columns = list(dict.fromkeys(["profileId", "timestamp"] + [p[0] for p in paths]))
         self.names = [f"e{k}" for k in range(len(self.nodes))]
         self.schema = pa.schema([("profileId", pa.string()), ("timestamp", pa.int64())] + [
-            (name, pa.float64() if node.agg == "sum" else pa.int64()) for name, node in zip(self.names, self.nodes)])
+            (name, pa.float64() if node.agg == "sum" else pa.int8()) for name, node in zip(self.names, self.nodes)])
         self._conds = [None if n.cond is None else compile_vectorized(n.cond) for n in self.nodes]
         self._py = [(None if n.cond is None else compile_node(n.cond), n.sum_path)
                     for n in self.nodes]
@@ -168,7 +169,7 @@ class EventPlan:
                 values = _numbers_at(events, node.sum_path)
                 columns.append(pc.if_else(hit, values, 0.0))
             else:
-                columns.append(pc.cast(hit, pa.int64()))
+                columns.append(pc.cast(hit, pa.int8()))
         return pa.Table.from_arrays(columns, schema=self.schema), dead
 
     def contributions_of_rows(self, rows: Sequence[Tuple[str, dict]], source: str) -> Tuple[pa.Table, List[DeadLetter]]:
