@@ -212,7 +212,8 @@ def membership_entries(membership: Optional[pa.Array], audience_ids: Sequence[st
         return {}
     entry = pa.struct([("lastQualificationTime", pa.string()), ("status", pa.string())])
     schema = pa.schema([("ups", pa.struct([(a, entry) for a in dict.fromkeys(audience_ids)]))])
-    lines = pc.fill_null(membership.cast(pa.string()), "{}")
+    present = membership.is_valid()
+    lines = membership.filter(present).cast(pa.string())     # only the rows that have one
     try:
         ups = _read_json_lines(lines, schema)
     except pa.ArrowInvalid:   # a row that is not one JSON object of that shape: rewritten per row
@@ -223,7 +224,11 @@ def membership_entries(membership: Optional[pa.Array], audience_ids: Sequence[st
         status = pc.struct_field(item, [1])
         status = pc.if_else(pc.equal(status, "existing"), "realized", status)
         status = pc.if_else(pc.is_in(status, pa.array(["realized", "exited"])), status, None)
-        out[audience_id] = (status, qualification_ms(pc.struct_field(item, [0])))
+        ms = qualification_ms(pc.struct_field(item, [0]))
+        if len(lines) < n:
+            status = pc.replace_with_mask(pa.nulls(n, pa.string()), present, status)
+            ms = pc.replace_with_mask(pa.nulls(n, pa.int64()), present, ms)
+        out[audience_id] = (status, ms)
     return out
 
 
