@@ -7,19 +7,22 @@ pyarrow string kernels over whole record batches (the qualifying rows only): map
 as JSON fragments, the ``ups`` entries from the same text pieces the streaming
 ``RecordFormatter`` uses, and the identity map by joining list offsets, so no Python object is
 made per row or attribute. The bytes are those of ``RecordFormatter.format`` for the profile
-that ``snapshot.snapshot_profiles`` reads from the row; where Arrow cannot format a value the
-way ``json`` does (strings with control characters, floats outside [1e-4, 1e10), lists,
-timestamps, decimals, binary; odd identity maps; partition keys over 256 characters) those
-values alone go through Python.
+that ``snapshot.snapshot_profiles`` reads from the row: identity maps and memberships are read
+by the same functions (``snapshot.normalized_identities``, ``snapshot.membership_entries``);
+where Arrow cannot format a value the way ``json`` does (strings with control characters,
+floats outside [1e-4, 1e10), lists, timestamps, decimals, binary; partition keys over 256
+characters) those values alone go through Python.
 
 ``lastQualificationTime`` is the snapshot's ``segmentMembership`` entry for the audience (any
 status) when it has one of the form ``YYYY-MM-DDTHH:MM:SS[.fff](Z|±HH:MM|±HHMM)``, else the
 row's ``timestamp`` (``as_of`` when that is null), floored to the second.
 
-``ExportSnapshot`` is the Beam step: one element per Parquet row group, read, evaluated and
-formatted inside one DoFn (record batches never cross a Beam boundary), yielding one blob of
-``records-*.jsonl`` lines per batch and policy for the file sink, or ``ExportRecord`` elements
-for Kinesis.
+``ExportSnapshot`` is the Beam step. It yields ``ExportRecordBatch`` elements (a batch's records
+of one merge policy, as Arrow text pieces) and knows nothing of the sink: the file sink builds
+its lines from the pieces in one pass, ``KinesisWrite`` takes their records one by one. Without
+event rules, each Parquet row group is read (projected columns), evaluated and formatted inside
+one DoFn, so record batches never cross a Beam boundary; with event rules, the bucket join of
+``transforms.event_join`` comes first. Rows without ``profileId`` are skipped.
 """
 from __future__ import annotations
 

@@ -41,11 +41,13 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 
 from transforms.audiences import AudienceSet
 from transforms.model import DeadLetter
 from transforms.rules import AudienceRule, Events, as_number, compile_node, walk
-from transforms.snapshot import DEAD_LETTER, drop_nulls, times_ms
+from transforms.snapshot import DEAD_LETTER, drop_nulls, read_row_group, times_ms
 from transforms.timeutil import parse_timestamp_ms
 from transforms.vectorized import compile_vectorized
 
@@ -265,8 +267,8 @@ class _EventContributionsFn(beam.DoFn):
 
     def __init__(self, plan_args: tuple, buckets: int, batch_size: int):
         self._plan_args, self._buckets, self._batch_size = plan_args, buckets, batch_size
-        self._read = beam.metrics.Metrics.counter("backfill", "events_read")
-        self._dead = beam.metrics.Metrics.counter("backfill", "events_dead_lettered")
+        self._read = Metrics.counter("backfill", "events_read")
+        self._dead = Metrics.counter("backfill", "events_dead_lettered")
 
     def setup(self):
         config, as_of_ms = self._plan_args
@@ -274,13 +276,12 @@ class _EventContributionsFn(beam.DoFn):
                                config.evaluation.max_events_per_profile)
 
     def process(self, item):
-        from transforms.snapshot import read_row_group
         path, row_group, first = item
         try:
             if row_group is None:
                 chunks = self._json_chunks(path)
             else:
-                chunks = self._parquet_chunks(path, row_group, first, read_row_group)
+                chunks = self._parquet_chunks(path, row_group, first)
             for table, dead in chunks:
                 self._read.inc(table.num_rows + len(dead))
                 self._dead.inc(len(dead))
@@ -292,13 +293,12 @@ class _EventContributionsFn(beam.DoFn):
             where = "" if row_group is None else f"row group {row_group}"
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(f"--events: cannot read: {e}", path, where or None, ""))
 
-    def _parquet_chunks(self, path, row_group, first, read_row_group):
+    def _parquet_chunks(self, path, row_group, first):
         for batch in read_row_group(path, row_group, self._plan.columns, self._batch_size):
             yield self._plan.contributions(batch, path, first)
             first += batch.num_rows
 
     def _json_chunks(self, path):
-        from apache_beam.io.filesystems import FileSystems
         rows, dead = [], []
         with FileSystems.open(path) as f:
             for n, line in enumerate(iter(f.readline, b""), 1):
