@@ -9,7 +9,7 @@ setuptools.setup(
     name="kinesis-profile-export",
     version="0.1.0",
     description="Apache Beam job streaming audience qualifications and profile attributes to Amazon Kinesis",
-    packages=["pipelines", "transforms", "schemas", "bench"],
+    packages=["pipelines", "transforms", "schemas"],
     package_data={"schemas": ["*.json", "*.avsc"]},
     python_requires=">=3.10",
     install_requires=[
@@ -18,12 +18,13 @@ setuptools.setup(
         "fastavro>=1.9",
         "pyarrow>=15",
         "PyYAML>=6",
+        # jsonschema: the config is checked at load time against schemas/config.schema.json,
+        # the one description of its structure (types, required and unknown keys, ranges)
+        "jsonschema>=4.18",
     ],
     extras_require={
         # moto[server]: a real Kinesis endpoint (server mode) for tests and the local demo.
-        # jsonschema: checks the documented config and samples against schemas/ in tests;
-        # it already comes with moto[server], named here because tests import it directly.
-        "test": ["pytest>=8", "moto[server]>=5", "jsonschema>=4"],
+        "test": ["pytest>=8", "moto[server]>=5"],
         # duckdb: the reference the backfill benchmark is measured against (SPEC 8); never
         # needed at run time.
         "bench": ["duckdb>=1.0"],

@@ -4,7 +4,7 @@
 ``python -m bench.backfill_bench [--profiles N] [--events M]``: a generated snapshot
 (deterministic seed, cached under bench/out/) and three attribute audiences; with ``--events``,
 M generated Parquet events over the N profiles and two event audiences instead (a
-``count() >= 2`` over a 30-day window and a ``sum(amount) > 1000``), the launcher reading no
+``count() >= 2`` over a 30-day window and a ``sum(commerce.order.priceTotal) > 1000.005``), the launcher reading no
 event. The project's backfill to the file sink as a whole process, and DuckDB as a whole
 process running the same predicates (with events: the same join and windowed aggregates) and
 writing the same JSON records from the same files. Both outputs are checked to hold the same set of records
@@ -65,9 +65,9 @@ COPY (
 WITH agg AS (
   SELECT profileId,
          count(*) FILTER (WHERE timestamp >= TIMESTAMPTZ '{as_of}' - INTERVAL 30 DAY) AS recent,
-         coalesce(sum(amount) FILTER (WHERE eventType = 'commerce.purchases'), 0) AS spent
+         coalesce(sum(commerce.order.priceTotal) FILTER (WHERE eventType = 'commerce.purchases'), 0) AS spent
   FROM read_parquet('{events}') WHERE timestamp <= TIMESTAMPTZ '{as_of}' GROUP BY profileId),
-j AS (SELECT s.*, coalesce(a.recent, 0) >= 2 AS active, coalesce(a.spent, 0) > 1000 AS spender
+j AS (SELECT s.*, coalesce(a.recent, 0) >= 2 AS active, coalesce(a.spent, 0) > 1000.005 AS spender
       FROM read_parquet('{src}') s LEFT JOIN agg a USING (profileId))
 SELECT profileId AS partitionKey,
   json_object('person', json_object('name', json_object('firstName', person.name.firstName, 'lastName', person.name.lastName),

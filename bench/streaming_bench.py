@@ -9,10 +9,16 @@ times and the best of each counts. ``pure_updates_per_s`` is the per-profile log
 (no Beam, with a state encode/decode per update), the ceiling the DoFn can approach;
 ``us_per_update`` splits an update's time between the source, the runner's keyed state
 (bare DoFn minus source), that logic, and the rest (timers, outputs, metrics).
+
+``--variant consent`` also runs, alternating with the others, the same export with
+``activation.consent`` on (a consent attribute written by one update in twenty, so profiles opt
+out and back in) and reports its throughput and its ratio to the export without it: what
+consent costs.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import time
@@ -25,8 +31,8 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from transforms import profile_state
 from transforms.audiences import AudienceSet
-from transforms.config import (AudienceDefinition, Destination, ExportConfig, MappedAudience, Mapping,
-                               MergePolicyConfig)
+from transforms.config import (Activation, AudienceDefinition, Destination, ExportConfig, MappedAudience,
+                               Mapping, MergePolicyConfig)
 from transforms.export import ExportProfileChanges, ProfileExporter
 from transforms.model import ProfileUpdate
 from transforms.profile_state import ProfileState
@@ -53,10 +59,17 @@ CONFIG = ExportConfig(
     ))
 
 
-def generate(chunk: int, updates: int, profiles: int) -> Iterator[ProfileUpdate]:
+# consent by default (an absent value is not "n"); the consent variant's updates flip it
+CONSENT_CONFIG = dataclasses.replace(CONFIG, activation=Activation(
+    "email-targeting", 'not consents.marketing.email.val = "n"'))
+
+
+def generate(chunk: int, updates: int, profiles: int, consent: bool = False) -> Iterator[ProfileUpdate]:
     """Deterministic updates ``chunk*CHUNK ..``: mostly attribute writes (a third mapped),
-    some identity additions and purchase events; time moves one second per update."""
+    some identity additions and purchase events; time moves one second per update. ``consent``:
+    one update in twenty also writes the consent attribute (``y`` or ``n``)."""
     rng = random.Random(chunk)
+    flips = random.Random(-chunk - 1)
     for n in range(chunk * CHUNK, min((chunk + 1) * CHUNK, updates)):
         pid = f"profile-{rng.randrange(profiles):07d}"
         roll = rng.random()
@@ -76,6 +89,8 @@ def generate(chunk: int, updates: int, profiles: int) -> Iterator[ProfileUpdate]
             identities = {"email": (f"{pid}@acme.com",), "ecid": (str(rng.randrange(10 ** 12)),)}
         else:
             event = {"eventType": "commerce.purchases", "commerce": {"order": {"priceTotal": 120.5}}}
+        if consent and flips.random() < 0.05:
+            attributes = {**attributes, "consents": {"marketing": {"email": {"val": flips.choice("yn")}}}}
         yield ProfileUpdate(pid, T0 + n * 1000, None, identities, {}, attributes, event)
 
 
@@ -88,10 +103,10 @@ class CountPerKey(beam.DoFn):
         return ()
 
 
-def _source(p, updates: int, profiles: int):
+def _source(p, updates: int, profiles: int, consent: bool = False):
     chunks = range((updates + CHUNK - 1) // CHUNK)
     return (p | "Chunks" >> beam.Create(list(chunks), reshuffle=False)
-            | "Generate" >> beam.FlatMap(generate, updates, profiles))
+            | "Generate" >> beam.FlatMap(generate, updates, profiles, consent))
 
 
 def _run(build) -> Tuple[float, Any]:
@@ -122,6 +137,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--updates", type=int, default=50_000)
     parser.add_argument("--profiles", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3, help="alternating runs; the best of each counts")
+    parser.add_argument("--variant", choices=("consent",), help="also measure the export with this control on")
     parser.add_argument("--memory", type=int, metavar="PROFILES",
                         help="only the export pipeline over PROFILES updates and profile ids (peak RSS is "
                              "measured by the caller)")
@@ -132,8 +148,14 @@ def main(argv=None) -> dict:
         return report
     n, k = args.updates, args.profiles
 
-    baseline_s = export_s = source_s = float("inf")
+    baseline_s = export_s = source_s = consent_s = float("inf")
+    consent_result = None
     for _ in range(args.repeat):
+        if args.variant == "consent":
+            seconds, consent_result = _run(lambda p: _source(p, n, k, consent=True)
+                                           | ExportProfileChanges(CONSENT_CONFIG, until_ms=T0 + n * 1000)
+                                           | "Discard" >> beam.Map(lambda r: None))
+            consent_s = min(consent_s, seconds)
         source_s = min(source_s, _run(lambda p: _source(p, n, k))[0])
         seconds, _ = _run(lambda p: _source(p, n, k)
                           | "Key" >> beam.Map(lambda u: (u.profile_id, u)).with_output_types(Tuple[str, Any])
@@ -175,6 +197,13 @@ def main(argv=None) -> dict:
         "state_bytes_per_profile_mean": round(sum(sizes) / len(sizes)),
         "state_bytes_per_profile_max": max(sizes),
     }
+    if consent_result is not None:
+        found = {c.key.metric.name: c.committed for c in consent_result.metrics().query()["counters"]}
+        report["consent"] = {
+            "export_updates_per_s": round(n / consent_s),
+            "relative_to_export": round(export_s / consent_s, 3),
+            "records": found.get("records"),
+            **{name: found.get(name, 0) for name in ("consent_withheld", "consent_opt_outs", "consent_opt_ins")}}
     print(json.dumps(report))
     return report
 

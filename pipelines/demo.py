@@ -1,6 +1,7 @@
 """The local demo behind ``./run_local.sh`` (SPEC 1): a moto Kinesis server on a free loopback
 port, sample data, a backfill and a streaming replay on the DirectRunner, the stream read back
-and a summary. Everything it writes goes under ``demo-output/``; it stops what it started."""
+and a summary. The demo's config turns on consent (an opt-out model) and export metadata, and
+one scripted member opts out of email marketing and back in. Everything it writes goes under ``demo-output/``; it stops what it started."""
 from __future__ import annotations
 
 import argparse
@@ -14,10 +15,13 @@ import time
 
 import yaml
 
-from bench.datagen import BASE_MS, make_updates, write_jsonl_updates, write_snapshot
+from pipelines.sample_data import BASE_MS, make_updates, write_jsonl_updates, write_snapshot
 from pipelines.local_kinesis import LocalKinesis
 
 DAY_MS = 86_400_000
+CONSENTING = "p-jennifer"
+# an opt-out model: a profile consents unless it said no (the sample snapshot has no consents)
+ACTIVATION = {"marketing_action": "email-targeting", "consent": 'not consents.marketing.email.val = "n"'}
 
 
 def step(title: str) -> None:
@@ -46,8 +50,21 @@ def sample_updates(n_profiles: int) -> list:
                                                                "commerce": {"order": {"priceTotal": 950.0}}}},
         {"profileId": "p-2", "timestamp": last + 3, "identityMap": {"email": [{"id": "marty@hillvalley.example"}]}},
         {"profileId": "p-1", "timestamp": last + 4 * DAY_MS, "attributes": {"vehicle": {"make": "Tesla"}}},
+        # a consenting member opts out of email marketing and back in
+        {"profileId": CONSENTING, "timestamp": last + 5 * DAY_MS,
+         "identityMap": {"email": [{"id": "jennifer@hillvalley.example"}]},
+         "attributes": {"vehicle": {"make": "DeLorean"}, "person": {"birthDate": "1968-10-26",
+                                                                     "name": {"firstName": "Jennifer"}},
+                        "consents": {"marketing": {"email": {"val": "y"}}}}},
+        {"profileId": CONSENTING, "timestamp": last + 6 * DAY_MS,
+         "attributes": {"consents": {"marketing": {"email": {"val": "n"}}}}},
+        {"profileId": CONSENTING, "timestamp": last + 7 * DAY_MS,
+         "attributes": {"consents": {"marketing": {"email": {"val": "y"}}}}},
     ]
     return updates + scripted
+
+
+RECORD_KEYS = ("segmentMembership", "identityMap", "_export")
 
 
 def summarize(records, title: str) -> None:
@@ -83,7 +100,8 @@ def main(argv=None) -> int:
         shutil.copy("examples/vip.csv", os.path.join(out, "vip.csv"))
         config = yaml.safe_load(open("examples/config.yaml"))
         config["destination"].update(endpoint_url=kinesis.url, stream=stream, include_segment_names=True,
-                                     dead_letter="./dead-letter")
+                                     include_export_metadata=True, dead_letter="./dead-letter")
+        config["activation"] = ACTIVATION
         config_path = os.path.join(out, "config.yaml")
         with open(config_path, "w") as f:
             yaml.safe_dump(config, f, sort_keys=False)
@@ -109,6 +127,14 @@ def main(argv=None) -> int:
         for record in p1:
             print("     " + json.dumps({a: (e["status"], e["lastQualificationTime"])
                                         for a, e in record["segmentMembership"]["ups"].items()}))
+        print(f"   profile {CONSENTING} (qualifies with consent, opts out of email marketing, opts back in):")
+        for key, data in streamed:
+            if key == CONSENTING:
+                record = json.loads(data)
+                print("     " + json.dumps({"ups": {a: (e["status"], e["lastQualificationTime"])
+                                                    for a, e in record["segmentMembership"]["ups"].items()},
+                                            "attributes": sorted(k for k in record if k not in RECORD_KEYS),
+                                            "triggers": record["_export"]["triggers"]}))
         if streamed:
             print("   one record in full:")
             print("     " + json.dumps(json.loads(streamed[0][1]), indent=2, ensure_ascii=False).replace("\n", "\n     "))

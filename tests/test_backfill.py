@@ -270,7 +270,7 @@ def test_export_snapshot_to_file_sink_and_records(tmp_path):
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
 
-    from bench.datagen import write_snapshot
+    from pipelines.sample_data import write_snapshot
     from transforms.audiences import AudienceSet
     from transforms.config import load_config
     from transforms.file_sink import WriteRecordFiles

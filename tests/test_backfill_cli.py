@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from bench.datagen import write_snapshot
+from pipelines.sample_data import write_snapshot
 from transforms.audiences import AudienceSet
 from transforms.config import load_config
 from transforms.record_format import RecordFormatter

@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
-from bench.datagen import write_snapshot
+from pipelines.sample_data import write_snapshot
 from schemas import load_schema
 from tests.conftest import kinesis_client, read_stream
 

@@ -75,8 +75,8 @@ CASES = [  # (name, edit, the error it must produce)
     ("unknown merge policy", edit(("audiences", 0, "merge_policy"), "mp-nope"), "audiences[0].merge_policy: unknown merge policy 'mp-nope'"),
     ("bad merge policy type", edit(("merge_policies", 0, "type"), "newest"), "merge_policies[0].type: unknown merge policy type 'newest' (expected timestamp_ordered or dataset_precedence)"),
     ("no merge policy", edit(("merge_policies",), []), "merge_policies: at least one merge policy is needed"),
-    ("two defaults", edit(("merge_policies", 1, "default"), True), "merge_policies: exactly one policy must have default: true, found 2"),
-    ("no default", edit(("merge_policies", 0, "default"), False), "merge_policies: exactly one policy must have default: true, found 0"),
+    ("two defaults", edit(("merge_policies", 1, "default"), True), "merge_policies: exactly one policy must have default: true"),
+    ("no default", edit(("merge_policies", 0, "default"), False), "merge_policies: exactly one policy must have default: true"),
     ("precedence without datasets", edit(("merge_policies", 1, "datasets"), DELETE), "merge_policies[1].datasets: dataset_precedence needs the datasets in precedence order"),
     ("rule syntax (real rules module)", edit(("audiences", 0, "rule"), 'vehicle.make = "DeLorean" adn true'), "audiences[0].rule: unexpected token 'adn' at column 27"),
     ("inSegment unknown", edit(("audiences", 1, "rule"), 'inSegment("aud-ghost")'), "audiences[1].rule: inSegment references unknown audience 'aud-ghost'"),
@@ -87,12 +87,31 @@ CASES = [  # (name, edit, the error it must produce)
     ("incomplete upload", edit(("audiences", 3, "upload", "column"), DELETE), "audiences[3].upload.column: required field missing"),
     ("missing upload file", edit(("audiences", 3, "upload", "path"), "missing.csv"), "audiences[3].upload: " + os.path.join(EXAMPLES, "missing.csv") + ": cannot read upload file: No such file or directory"),
     ("bad timestamp", edit(("audiences", 0, "created_at"), "yesterday"), "audiences[0].created_at: not an ISO-8601 timestamp: 'yesterday'"),
-    ("bad mapping timestamp", edit(("mapping", "audiences", 0, "mapped_at"), True), "mapping.audiences[0].mapped_at: timestamp must be ISO-8601 text or epoch milliseconds, got True"),
+    ("bad mapping timestamp", edit(("mapping", "audiences", 0, "mapped_at"), True), "mapping.audiences[0].mapped_at: expected ISO-8601 text or epoch milliseconds, got a boolean"),
     ("negative retries", edit(("destination", "retry", "max_retries"), -1), "destination.retry.max_retries: must be at least 0, got -1"),
     ("negative delay", edit(("destination", "retry", "base_delay_ms"), -5), "destination.retry.base_delay_ms: must be at least 0, got -5"),
     ("retry bounds", edit(("destination", "retry", "max_delay_ms"), 10), "destination.retry.max_delay_ms: must be at least base_delay_ms (100)"),
     ("max events", edit(("evaluation", "max_events_per_profile"), 0), "evaluation.max_events_per_profile: must be at least 1, got 0"),
     ("float where int", edit(("evaluation", "max_events_per_profile"), 10.5), "evaluation.max_events_per_profile: expected an integer, got a number"),
+    # activation controls, export metadata, record size, upload expiry
+    ("consent syntax", edit(("activation",), {"marketing_action": "m", "consent": 'c.val = "y" adn true'}), "activation.consent: unexpected token 'adn' at column 13"),
+    ("consent inSegment", edit(("activation",), {"marketing_action": "m", "consent": 'inSegment("aud-delorean")'}), "activation.consent: the consent rule reads attributes only, not inSegment"),
+    ("consent events", edit(("activation",), {"marketing_action": "m", "consent": "xEvent[eventType = \"x\"].exists()"}), "activation.consent: the consent rule reads attributes only, not xEvent"),
+    ("consent needs a marketing action", edit(("activation",), {"consent": 'c.val = "y"'}), "activation.marketing_action: required with consent"),
+    ("data usage needs a marketing action", edit(("activation",), {"data_usage": {"labels": {}, "forbidden": []}}), "activation.marketing_action: required with data_usage"),
+    ("audience trigger left out", edit(("activation",), {"triggers": ["identity"]}), "activation.triggers: audience cannot be left out"),
+    ("unknown trigger", edit(("activation",), {"triggers": ["audience", "attributes"]}), "activation.triggers[1]: unknown trigger 'attributes' (expected audience, identity or attribute)"),
+    ("repeated trigger", edit(("activation",), {"triggers": ["audience", "identity", "identity"]}), "activation.triggers[2]: 'identity' is listed twice"),
+    ("unknown activation key", edit(("activation",), {"consents": "x"}), "activation.consents: unknown key"),
+    ("forbidden label", edit(("activation",), {"marketing_action": "email-targeting", "data_usage": {"labels": {"personalEmail.address": ["C2"]}, "forbidden": ["C2"]}}),
+     "mapping.attributes[3]: personalEmail.address carries label C2, which marketing action 'email-targeting' forbids"),
+    ("forbidden label on a parent", edit(("activation",), {"marketing_action": "m", "data_usage": {"labels": {"person": ["C5"]}, "forbidden": ["C5"]}}),
+     "mapping.attributes[2]: person.birthDate carries label C5, which marketing action 'm' forbids"),
+    ("labels must be lists", edit(("activation",), {"marketing_action": "m", "data_usage": {"labels": {"person": "C5"}}}), "activation.data_usage.labels.person: expected a list, got a string"),
+    ("record size too small", edit(("destination", "max_record_bytes"), 1000), "destination.max_record_bytes: must be at least 1024, got 1000"),
+    ("record size too large", edit(("destination", "max_record_bytes"), 10485761), "destination.max_record_bytes: must be at most 10485760, got 10485761"),
+    ("metadata flag", edit(("destination", "include_export_metadata"), "yes"), "destination.include_export_metadata: expected true or false, got a string"),
+    ("bad expiry", edit(("audiences", 3, "upload", "expires_at"), "soon"), "audiences[3].upload.expires_at: not an ISO-8601 timestamp: 'soon'"),
 ]
 
 
@@ -103,7 +122,33 @@ def test_each_error_names_its_field(name, change, expected):
 
 INDEPENDENT = ["unknown key", "wrong type bool for int", "missing audience name", "bad ${NAME}",
                "precedence without datasets", "mapped audience not defined", "bad timestamp", "max events",
-               "rule syntax (real rules module)", "inSegment across policies"]
+               "rule syntax (real rules module)", "inSegment across policies", "forbidden label",
+               "record size too small", "bad expiry"]
+
+
+def test_every_activation_key_loads():
+    doc = base()
+    doc["activation"] = {"marketing_action": "email-targeting", "consent": 'consents.marketing.email.val in ["y", "dy"]',
+                         "triggers": ["identity", "audience"],
+                         "data_usage": {"labels": {"personalEmail.address": ["C2"], "person.birthDate": ["C5"]},
+                                        "forbidden": ["C9"]}}
+    doc["destination"].update(include_export_metadata=True, max_record_bytes="${RECORD_BYTES}")
+    doc["audiences"][3]["upload"]["expires_at"] = "2024-06-01T00:00:00Z"
+    config = config_from_dict(doc, EXAMPLES, dict(ENV, RECORD_BYTES="2097152"))
+    a = config.activation
+    assert (a.marketing_action, a.consent, a.triggers) == (
+        "email-targeting", 'consents.marketing.email.val in ["y", "dy"]', ("audience", "identity"))
+    assert a.data_usage.labels == (("personalEmail.address", ("C2",)), ("person.birthDate", ("C5",)))
+    assert a.data_usage.forbidden == ("C9",)
+    assert config.destination.include_export_metadata and config.destination.max_record_bytes == 2097152
+    assert config.audience("aud-vip-upload").upload.expires_at_ms == 1717200000000
+
+
+def test_activation_defaults_change_nothing():
+    config = config_from_dict(base(), EXAMPLES, ENV)
+    assert config.activation.consent is None and config.activation.triggers == ("audience", "identity", "attribute")
+    assert not config.destination.include_export_metadata and config.destination.max_record_bytes == 1048576
+    assert config.audience("aud-vip-upload").upload.expires_at_ms is None
 
 
 def test_all_errors_are_reported_at_once():

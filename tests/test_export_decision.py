@@ -1,7 +1,9 @@
+import dataclasses
+
 import pytest
 
 from tests.export_helpers import audience, make_config
-from transforms.config import MappedAudience, MergePolicyConfig
+from transforms.config import Activation, AudienceDefinition, MappedAudience, MergePolicyConfig, UploadSource
 from transforms.export_decision import ExportDecider, ExportPlan
 
 NOW = 1000
@@ -37,6 +39,8 @@ CASES = [
     ("mapped attribute write of a member, both policies", {"A2": 5, "B1": 6, "U2": 7}, {"A2": 5, "B1": 6, "U2": 7},
      False, True, (plan("mp-a", [("A2", "realized", 5)], "attribute"),
                    plan("mp-b", [("B1", "realized", 6), ("U2", "realized", 7)], "attribute"))),
+    # every trigger that holds for a record is listed; identity and attribute hold only for the
+    # policies the profile is still realized in after the update (not for the one it exits)
     ("exit in one policy, attribute write in the other", {"A1": 5, "B1": 6}, {"B1": 6}, True, True,
      (plan("mp-a", [("A1", "exited", NOW)], "audience"),
       plan("mp-b", [("B1", "realized", 6)], "identity", "attribute"))),
@@ -44,12 +48,31 @@ CASES = [
      (plan("mp-a", [("A1", "realized", NOW)], "audience", "identity"),)),
     ("exit of the last mapped audience with an identity change", {"B1": 5}, {}, True, False,
      (plan("mp-b", [("B1", "exited", NOW)], "audience"),)),
+    ("identity change of a member, trigger switched off", {"A1": 5}, {"A1": 5}, True, False, (), ("audience",)),
+    ("attribute write of a member, trigger switched off", {"A1": 5}, {"A1": 5}, False, True, (),
+     ("audience", "identity")),
+    ("exit with switched-off changes lists only the audience", {"A1": 5}, {}, True, True,
+     (plan("mp-a", [("A1", "exited", NOW)], "audience"),), ("audience",)),
 ]
 
 
-@pytest.mark.parametrize("before,after,ids,attrs,expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_decide(before, after, ids, attrs, expected):
-    assert DECIDER.decide(before, after, NOW, ids, attrs) == expected
+@pytest.mark.parametrize("before,after,ids,attrs,expected,triggers",
+                         [c[1:] + (("audience", "identity", "attribute"),) * (len(c) == 6) for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_decide(before, after, ids, attrs, expected, triggers):
+    decider = ExportDecider(dataclasses.replace(CONFIG, activation=Activation(triggers=triggers)))
+    assert decider.decide(before, after, NOW, ids, attrs) == expected
+
+
+def test_an_upload_exit_at_its_expiry_is_an_expiry():
+    upload = UploadSource("vip.csv", "email", "email", expires_at_ms=NOW)
+    config = make_config(audiences=(AudienceDefinition("V", "V", "mp-a", upload=upload), audience("A1", "x = 1", "mp-a")),
+                         mapped=(MappedAudience("V"), MappedAudience("A1")),
+                         policies=(MergePolicyConfig("mp-a", "timestamp_ordered", default=True),))
+    decider = ExportDecider(config)
+    assert decider.decide({"V": 5, "A1": 5}, {}, NOW) == (
+        plan("mp-a", [("V", "exited", NOW), ("A1", "exited", NOW)], "audience", "expiry"),)
+    assert decider.decide({"V": 5}, {}, NOW - 1) == (plan("mp-a", [("V", "exited", NOW - 1)], "audience"),)
 
 
 @pytest.mark.parametrize("paths,written", [
@@ -65,3 +88,33 @@ def test_decide(before, after, ids, attrs, expected):
 ])
 def test_attribute_written(paths, written):
     assert DECIDER.mapped_attributes.any(paths) is written
+
+
+AFTER_CASES = [
+    # (id, before, after, identities_changed, attribute_written, expected plans): the identity and
+    # attribute triggers look at the statuses after the update; ups in config order, records in
+    # merge-policy order
+    ("identity trigger: policies realized after, not before", {"A1": 5}, {"B1": NOW}, True, False,
+     (plan("mp-a", [("A1", "exited", NOW)], "audience"),
+      plan("mp-b", [("B1", "realized", NOW)], "audience", "identity"))),
+    ("attribute trigger: policies realized after, not before", {"B1": 5}, {"A1": NOW, "B1": 5}, False, True,
+     (plan("mp-a", [("A1", "realized", NOW)], "audience", "attribute"),
+      plan("mp-b", [("B1", "realized", 5)], "attribute"))),
+    ("exit of the last mapped audience of a policy, unmapped member kept", {"A1": 5, "U1": 3}, {"U1": 3},
+     True, True, (plan("mp-a", [("A1", "exited", NOW), ("U1", "realized", 3)], "audience"),)),
+    ("attribute write of a profile realized in unmapped audiences only", {"U1": 3, "U2": 4}, {"U1": 3, "U2": 4},
+     True, True, ()),
+    ("unmapped exit alone exports nothing", {"A1": 5, "U1": 3}, {"A1": 5}, False, False, ()),
+    ("ups in config order, realized keep their time", {"U1": 2}, {"A2": NOW, "A1": 7, "U1": 2}, False, False,
+     (plan("mp-a", [("A1", "realized", 7), ("U1", "realized", 2), ("A2", "realized", NOW)], "audience"),)),
+    ("records in merge-policy order", {}, {"B1": NOW, "A2": NOW}, False, False,
+     (plan("mp-a", [("A2", "realized", NOW)], "audience"), plan("mp-b", [("B1", "realized", NOW)], "audience"))),
+    ("two exits of one policy in one record", {"A1": 1, "A2": 2, "B1": 3}, {"B1": 3}, False, False,
+     (plan("mp-a", [("A1", "exited", NOW), ("A2", "exited", NOW)], "audience"),)),
+]
+
+
+@pytest.mark.parametrize("before,after,ids,attrs,expected", [c[1:] for c in AFTER_CASES],
+                         ids=[c[0] for c in AFTER_CASES])
+def test_decide_on_statuses_after(before, after, ids, attrs, expected):
+    assert DECIDER.decide(before, after, NOW, ids, attrs) == expected

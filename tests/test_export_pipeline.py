@@ -3,7 +3,9 @@
 One bounded pipeline (TestPipeline) runs every scenario on its own profile ids; a TestStream
 pipeline on the BundleBasedDirectRunner checks timers driven by the watermark.
 """
+import dataclasses
 import datetime
+import hashlib
 import json
 
 import apache_beam as beam
@@ -17,7 +19,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from tests.export_helpers import audience, make_config
 from transforms.audiences import AudienceSet
-from transforms.config import MappedAudience, MergePolicyConfig
+from transforms.config import Activation, AudienceDefinition, MappedAudience, MergePolicyConfig, UploadSource
 from transforms.export import ExportProfileChanges, ProfileStateCoder
 from transforms.merge import MergePolicies
 from transforms.model import ProfileUpdate, SegmentStatus, SnapshotProfile
@@ -182,7 +184,8 @@ def by_profile(expected):
             assert got.get(pk) == want.get(pk), f"{pk}: got {got.get(pk)} want {want.get(pk)}"
         # records are stamped with the update's/timer's time; key order as SPEC 6
         for pk, t, data in actual:
-            assert list(json.loads(data))[-2:] == ["segmentMembership", "identityMap"]
+            keys = [k for k in json.loads(data) if k != "_export"]
+            assert keys[-2:] == ["segmentMembership", "identityMap"]
     return check
 
 
@@ -199,22 +202,79 @@ def stamped(updates):
     return [TimestampedValue(x, x.timestamp_ms / 1000) for x in updates]
 
 
-def test_bounded_scenarios():
+# activation controls: consent on mp-default, identity trigger off, an expiring upload, metadata
+EXPIRES = T0 + 5 * D
+YES, NO = {"consents": {"email": "y"}}, {"consents": {"email": "n"}}
+VIP_ID = {"email": ("vip@x",)}
+
+
+def activation_config(upload_path):
+    return dataclasses.replace(
+        CONFIG, audiences=CONFIG.audiences + (
+            AudienceDefinition("aud-vip", "VIP", "mp-default", upload=UploadSource(upload_path, "email", "email", EXPIRES)),),
+        mapping=dataclasses.replace(CONFIG.mapping, audiences=CONFIG.mapping.audiences + (MappedAudience("aud-vip"),)),
+        activation=Activation("email-targeting", 'consents.email = "y"', ("audience", "attribute")),
+        destination=dataclasses.replace(CONFIG.destination, include_export_metadata=True))
+
+
+ACTIVATION_SEEDS = [SnapshotProfile("a-seed", T0 - D, {}, merged(DELOREAN, NO), {"aud-delorean": SegmentStatus(R, T0 - D)})]
+ACTIVATION_UPDATES = [
+    u("a-optin", T0, DELOREAN), u("a-optin", T0 + H, YES),                       # withheld, then opt-in
+    u("a-optout", T0, merged(DELOREAN, YES, first("Ann"))), u("a-optout", T0 + H, NO, ids={"ecid": ("e",)}),
+    u("a-ids", T0, merged(DELOREAN, YES)), u("a-ids", T0 + H, ids={"ecid": ("e",)}),   # identity trigger off
+    u("a-vip", T0, YES, ids=VIP_ID),                                             # expires by timer
+    u("a-seed", T0, TESLA),                                                      # seeded, not consenting: quiet
+]
+
+
+def meta(pid, policy, sequence, at, *triggers):
+    return {"_export": {"id": hashlib.sha256(f"{pid}/{policy}/{sequence}".encode()).hexdigest(),
+                        "sequence": sequence, "at": at, "triggers": list(triggers)}}
+
+
+def with_meta(record, metadata):
+    return (record[0], {**record[1], **metadata})
+
+
+VIP_IDS = {"email": [{"id": "vip@x"}]}
+ACTIVATION_EXPECTED = {
+    "a-optin": [with_meta(rec(T0 + H, {}, ups(aud_delorean=(R, T0 + H))), meta("a-optin", "mp-default", 1, T0 + H, "consent"))],
+    "a-optout": [with_meta(rec(T0, first("Ann"), ups(aud_delorean=(R, T0))), meta("a-optout", "mp-default", 1, T0, "consent")),
+                 with_meta(rec(T0 + H, {}, ups(aud_delorean=(X, T0 + H)), {"ecid": [{"id": "e"}]}),
+                           meta("a-optout", "mp-default", 2, T0 + H, "consent"))],
+    "a-ids": [with_meta(rec(T0, {}, ups(aud_delorean=(R, T0))), meta("a-ids", "mp-default", 1, T0, "consent"))],
+    "a-vip": [with_meta(rec(T0, {}, ups(aud_vip=(R, T0)), VIP_IDS), meta("a-vip", "mp-default", 1, T0, "consent")),
+              with_meta(rec(EXPIRES, {}, ups(aud_vip=(X, EXPIRES)), VIP_IDS),
+                        meta("a-vip", "mp-default", 2, EXPIRES, "expiry"))],
+}
+
+
+def test_bounded_scenarios(tmp_path):
+    upload = tmp_path / "vip.csv"
+    upload.write_text("email\nvip@x\n")
     with TestPipeline() as p:
         seeds = p | "Seeds" >> beam.Create(SEEDS, reshuffle=False)
         updates = p | "Updates" >> beam.Create(stamped(UPDATES), reshuffle=False)
         main = updates | ExportProfileChanges(CONFIG, seed=seeds, until_ms=UNTIL)
         toggled = (p | "ToggleUpdates" >> beam.Create(stamped([u("p-toggle", T0, DELOREAN)]))
                    | "Toggled" >> ExportProfileChanges(TOGGLES, until_ms=UNTIL))
-        assert_that((main, toggled) | beam.Flatten() | beam.ParDo(_Stamp()), by_profile(EXPECTED))
+        activated = (p | "ActivationUpdates" >> beam.Create(stamped(ACTIVATION_UPDATES))
+                     | "Activated" >> ExportProfileChanges(
+                         activation_config(str(upload)), until_ms=UNTIL,
+                         seed=p | "ActivationSeeds" >> beam.Create(ACTIVATION_SEEDS, reshuffle=False)))
+        assert_that((main, toggled, activated) | beam.Flatten() | beam.ParDo(_Stamp()),
+                    by_profile({**EXPECTED, **ACTIVATION_EXPECTED}))
 
 
-def test_watermark_driven_timers_on_streaming_input():
+def test_watermark_driven_timers_on_streaming_input(tmp_path):
+    upload = tmp_path / "vip.csv"
+    upload.write_text("email\nvip@x\n")
     options = PipelineOptions(runner="BundleBasedDirectRunner")
     options.view_as(StandardOptions).streaming = True
     stream = (TestStream()
               .advance_watermark_to(Timestamp(micros=T0 * 1000))
-              .add_elements(stamped([u("s-1", T0, event=PURCHASE), u("s-2", T0 + 5 * H, DELOREAN)]))
+              .add_elements(stamped([u("s-1", T0, event=PURCHASE), u("s-2", T0 + 5 * H, DELOREAN),
+                                     u("s-vip", T0, YES, ids=VIP_ID)]))     # expires by the watermark
               .advance_watermark_to(Timestamp(micros=(T0 + 3 * D) * 1000))
               .add_elements(stamped([u("s-1", T0 + 3 * D, first("Ann")),
                                      u("s-2", T0 + 4 * H, merged(TESLA, first("Old")))]))  # late and older
@@ -232,10 +292,16 @@ def test_watermark_driven_timers_on_streaming_input():
                 rec(T0 + 15 * D + 1, first("Ann"), ups(aud_buyers=(X, T0 + 15 * D + 1)))],
         "s-2": [rec(T0 + 5 * H, {}, ups(aud_delorean=(R, T0 + 5 * H))),
                 rec(T0 + 4 * H, first("Old"), ups(aud_delorean=(R, T0 + 5 * H)))],
+        # the activation config (consent on): only s-vip consents; its upload expires
+        "s-vip": [with_meta(rec(T0, {}, ups(aud_vip=(R, T0)), VIP_IDS), meta("s-vip", "mp-default", 1, T0, "consent")),
+                  with_meta(rec(EXPIRES, {}, ups(aud_vip=(X, EXPIRES)), VIP_IDS),
+                            meta("s-vip", "mp-default", 2, EXPIRES, "expiry"))],
     }
     with beam.Pipeline(options=options) as p:
-        records = p | stream | ExportProfileChanges(CONFIG)
-        assert_that(records | beam.ParDo(_Stamp()), by_profile(expected))
+        updates = p | stream
+        records = (updates | ExportProfileChanges(CONFIG),
+                   updates | "Activated" >> ExportProfileChanges(activation_config(str(upload))))
+        assert_that(records | beam.Flatten() | beam.ParDo(_Stamp()), by_profile(expected))
 
 
 # --- the state the DoFn keeps, and its coder (pure, fast) ---
@@ -250,7 +316,7 @@ def test_state_coder_round_trip_and_recent_states():
     again = coder.decode(data)                           # read twice (a retried bundle): decoded afresh
     assert again is not state
     assert [getattr(again, f) for f in ProfileState.__slots__] == [getattr(state, f) for f in ProfileState.__slots__]
-    assert coder == ProfileStateCoder() and len(ProfileState().__slots__) == 9
+    assert coder == ProfileStateCoder() and len(ProfileState().__slots__) == 11
 
 
 def test_event_history_is_pruned_by_window_then_count():

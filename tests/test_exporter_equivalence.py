@@ -1,15 +1,17 @@
 """ProfileExporter skips re-evaluation when no rule input changed; this shows, on random update
 streams (out of order, nested writes above and below rule paths, deletes, identities, events,
 uploads, both merge policies, with and without ``until``), that the records and the final state
-are exactly those of an exporter that re-evaluates on every update."""
+are exactly those of an exporter that re-evaluates on every update; also with the activation
+controls on (consent, trigger switches, an expiring upload, export metadata)."""
 import copy
+import dataclasses
 import random
 
 import pytest
 
 from tests.export_helpers import audience, make_config
 from transforms.audiences import AudienceSet
-from transforms.config import AudienceDefinition, MappedAudience, MergePolicyConfig, UploadSource
+from transforms.config import Activation, AudienceDefinition, MappedAudience, MergePolicyConfig, UploadSource
 from transforms.export import ProfileExporter
 from transforms.model import ProfileUpdate
 from transforms.profile_state import ProfileState
@@ -18,10 +20,13 @@ D = 86_400_000
 T0 = 1_714_557_600_000
 
 
-def config(tmp_path):
+def config(tmp_path, activation=None):
+    """``activation``: a random generator that switches on consent, some triggers, an upload
+    expiry and export metadata."""
     upload = tmp_path / "vip.csv"
     upload.write_text("email\na@x.io\nb@x.io\n")
-    return make_config(
+    expires = None if activation is None else T0 + activation.randint(0, 40) * D
+    cfg = make_config(
         audiences=(audience("make", 'vehicle.make = "DeLorean"'),
                    audience("deep", "a.b.c > 2 and not a.d.isNull()"),
                    audience("fans", 'interests.scifi = true or name.startsWith("Z")'),
@@ -29,12 +34,18 @@ def config(tmp_path):
                    audience("buyers", 'xEvent[timestamp occurs <= 3 days before now].count() >= 2'),
                    audience("crm", 'tier = "gold" and a.b.c >= 1', "mp-crm"),
                    AudienceDefinition("vip", "vip", "mp-default",
-                                      upload=UploadSource(str(upload), "email", "email"))),
+                                      upload=UploadSource(str(upload), "email", "email", expires))),
         mapped=(MappedAudience("make"), MappedAudience("deep"), MappedAudience("buyers"),
                 MappedAudience("crm"), MappedAudience("vip")),
         policies=(MergePolicyConfig("mp-default", "timestamp_ordered", default=True),
                   MergePolicyConfig("mp-crm", "dataset_precedence", datasets=("crm", "web"))),
         attributes=("name", "a.d", "other.mapped"))
+    if activation is None:
+        return cfg
+    triggers = ("audience",) + tuple(t for t in ("identity", "attribute") if activation.random() < 0.6)
+    return dataclasses.replace(
+        cfg, activation=Activation("email", 'consent.email in ["y", "dy"] or a.d = "x"', triggers),
+        destination=dataclasses.replace(cfg.destination, include_export_metadata=True))
 
 
 VALUES = {"vehicle": [{"make": "DeLorean"}, {"make": "Tesla"}, {"make": None}, None, 3, {"year": 1985}],
@@ -45,6 +56,7 @@ VALUES = {"vehicle": [{"make": "DeLorean"}, {"make": "Tesla"}, {"make": None}, N
           "x": [1, 3, None],
           "tier": ["gold", "silver"],
           "other": [{"mapped": 1}, {"unmapped": 2}, None],
+          "consent": [{"email": "y"}, {"email": "n"}, {"email": "dy"}, None],
           "unread": [1, 2, {"deep": 3}]}
 
 
@@ -64,10 +76,11 @@ def run(exporter, updates):
     return out, state
 
 
+@pytest.mark.parametrize("activation", [False, True], ids=["plain", "activation"])
 @pytest.mark.parametrize("seed", range(100))
-def test_skipping_evaluation_changes_nothing(tmp_path, seed):
+def test_skipping_evaluation_changes_nothing(tmp_path, seed, activation):
     rng = random.Random(seed)
-    cfg = config(tmp_path)
+    cfg = config(tmp_path, random.Random(-seed) if activation else None)
     until = T0 + 20 * D if seed % 2 else None
     t, updates = T0, []
     for _ in range(60):
@@ -81,3 +94,4 @@ def test_skipping_evaluation_changes_nothing(tmp_path, seed):
     assert fast_out == ref_out
     assert fast_state.realized == ref_state.realized and fast_state.timer_ms == ref_state.timer_ms
     assert fast_state.evaluated_ms == ref_state.evaluated_ms and fast_state.events == ref_state.events
+    assert fast_state.consents == ref_state.consents and fast_state.sequences == ref_state.sequences

@@ -8,7 +8,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from bench.datagen import write_avro_updates
+from pipelines.sample_data import write_avro_updates
 from transforms.dead_letter import WriteDeadLetters
 from transforms.errors import UserError
 from transforms.inputs import ReadProfileUpdates, parse_json_update, read_avro_updates, read_updates_file

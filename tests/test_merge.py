@@ -63,6 +63,9 @@ CASES = [
      {"a": {"x": 1, "y": [1, 2]}}, {"a": {"x": 1, "y": [1, 2]}}),
     ("empty object writes nothing", [(1, None, {"a": {"x": 1}}), (2, None, {"a": {}})],
      {"a": {"x": 1}}, {"a": {"x": 1}}),
+    ("a newer delete removes a dataset's leaves under an older, late delete",
+     [(1, "loyalty", name("L")), (2, "crm", name("C")), (1, "crm", {"person": {"name": None}}),
+      (3, "crm", {"person": {"name": None}})], {}, name("L")),
 ]
 
 
@@ -109,6 +112,8 @@ def test_timestamp_policies_share_one_view():
     ({"email": ("a", "b")}, {}, {"email": ("a",)}, True, {"email": ("b",)}),
     ({"email": ("a",)}, {}, {"email": ("a",)}, True, {}),
     ({"email": ("a",)}, {}, {"ecid": ("x",)}, False, {"email": ("a",)}),
+    ({"email": ("a",)}, {"email": ("b",)}, {"email": ("b",)}, False, {"email": ("a",)}),  # added, then removed
+    ({}, {"email": ("a",)}, {"email": ("a",)}, False, {}),
 ])
 def test_identity_union(held, added, removed, changed, after):
     assert merge_identities(held, added, removed) is changed

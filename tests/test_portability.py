@@ -11,7 +11,7 @@ import pytest
 from apache_beam.internal import pickler
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from bench.datagen import write_snapshot
+from pipelines.sample_data import write_snapshot
 from pipelines import backfill, replay, streaming  # noqa: F401 (replay: its options count as known)
 from tests.test_cli_e2e import records_in, run, updates_file, write_config
 from transforms.config import load_config

@@ -30,7 +30,8 @@ def test_documented_configs_validate_and_load(path, monkeypatch):
 
 def test_loader_extensions_are_in_the_schema():
     """What the loader accepts beyond the SPEC example: epoch-ms times, bare mapped ids, a single
-    policy without the default flag, numbers from the environment."""
+    policy without the default flag, numbers from the environment (the schema sees the document
+    after ``${NAME}`` expansion)."""
     with open(EXAMPLE) as f:
         doc = yaml.safe_load(f)
     doc["audiences"][0]["created_at"] = 1648553325000
@@ -38,8 +39,8 @@ def test_loader_extensions_are_in_the_schema():
     doc["merge_policies"] = [{"id": "mp-only", "type": "timestamp_ordered"}]
     for a in doc["audiences"]:
         a.pop("merge_policy", None)
-    doc["destination"]["retry"]["max_retries"] = "${RETRIES}"
     jsonschema.validate(as_json(doc), load_schema("config.schema.json"))
+    doc["destination"]["retry"]["max_retries"] = "${RETRIES}"
     assert config_from_dict(doc, "examples", {"RETRIES": "3"}).destination.retry.max_retries == 3
 
 
@@ -90,10 +91,14 @@ SPEC_RECORD = {"person": {"name": {"firstName": "John", "lastName": "Doe"}, "bir
                "identityMap": {"email": [{"id": "john.doe@acme.com"}], "ecid": [{"id": "1457"}]}}
 
 
+EXPORT = {"id": "a" * 64, "sequence": 3, "at": 1714557600000, "triggers": ["audience", "identity"]}
+
+
 def test_spec_samples_validate():
     jsonschema.validate(SPEC_UPDATE, load_schema("profile_update.schema.json"))
     jsonschema.validate({"profileId": "p-2", "timestamp": 1714557600000}, load_schema("profile_update.schema.json"))
     jsonschema.validate(SPEC_RECORD, load_schema("export_record.schema.json"))
+    jsonschema.validate({**SPEC_RECORD, "_export": EXPORT}, load_schema("export_record.schema.json"))
 
 
 def changed(doc, path, value):
@@ -125,6 +130,9 @@ UPS = ("segmentMembership", "ups", "aud-delorean")
     ("export_record", changed(SPEC_RECORD, UPS + ("lastQualificationTime",), None)),
     ("export_record", changed(SPEC_RECORD, ("identityMap", "email"), [{"id": 5}])),
     ("export_record", changed(SPEC_RECORD, ("segmentMembership", "ups"), None)),
+    ("export_record", {**SPEC_RECORD, "_export": {**EXPORT, "triggers": ["timer"]}}),
+    ("export_record", {**SPEC_RECORD, "_export": {**EXPORT, "sequence": -1}}),
+    ("export_record", {**SPEC_RECORD, "_export": {k: v for k, v in EXPORT.items() if k != "id"}}),
 ])
 def test_malformed_updates_and_records_are_rejected(schema, doc):
     with pytest.raises(jsonschema.ValidationError):
@@ -141,8 +149,13 @@ def test_avro_schema_documents_json_encoded_objects():
 
 
 def test_avro_schema_parses_and_round_trips(tmp_path):
-    from bench.datagen import write_avro_updates
+    from pipelines.sample_data import write_avro_updates
     from transforms.inputs import read_avro_updates
     path = write_avro_updates(str(tmp_path / "u.avro"), [SPEC_UPDATE])
     [update] = list(read_avro_updates(path))
     assert update.attributes == SPEC_UPDATE["attributes"] and update.event["timestamp"] == 1714557600000
+
+
+@pytest.mark.parametrize("name", ["config.schema.json", "export_record.schema.json", "profile_update.schema.json"])
+def test_schemas_are_valid_draft_2020_12(name):
+    jsonschema.Draft202012Validator.check_schema(load_schema(name))

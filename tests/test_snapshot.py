@@ -9,7 +9,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from bench.datagen import snapshot_table, write_snapshot
+from pipelines.sample_data import snapshot_table, write_snapshot
 from transforms.errors import UserError
 from transforms.model import SegmentStatus
 from transforms.snapshot import (ReadSnapshotProfiles, iter_snapshot_batches, parse_membership,

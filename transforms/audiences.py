@@ -3,13 +3,15 @@
 Rule audiences are compiled by ``transforms.rules``; ``inSegment`` dependencies come first so
 one pass evaluates them all. Custom upload audiences (SPEC 5) are a set of identity values of
 one namespace read from a CSV (values stripped, empty cells skipped, matched exactly); a
-profile is a member while its identity map holds one of them.
+profile is a member while its identity map holds one of them, and never from the upload's
+``expires_at`` on (its members exit then, by the exporter's event-time timer).
 """
 from __future__ import annotations
 
 import csv
-from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
+from typing import Collection, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import pyarrow as pa
 
 from transforms.config import AudienceDefinition, ExportConfig, UploadSource
@@ -79,11 +81,17 @@ class AudienceSet:
         # a rule comparing with ``now`` outside event windows can change on any update
         self.reads_now = any(rule.reads_now for rule in self.rules.values())
         self._event_rules = tuple(event_rules)
+        # upload audiences with ``expires_at``: no members from that instant on
+        self.expiries: Dict[str, int] = {a.id: a.upload.expires_at_ms for a in self.ordered
+                                         if a.id in self.uploads and a.upload.expires_at_ms is not None}
+        # a profile needs an event-time timer when events leave windows or uploads expire
+        self.timed = self.event_retention_ms != 0 or bool(self.expiries)
         self._upload_values = None   # the upload sets as pyarrow arrays, built by the first batch
-        # one tuple per audience: (id, policy, rule closure or None, (namespace, values) or None)
+        # one tuple per audience: (id, policy, rule closure or None,
+        # (namespace, values, expires_at ms or None) or None)
         self._plan = tuple(
             (a.id, a.merge_policy, self.rules[a.id].evaluate if a.id in self.rules else None,
-             (a.upload.namespace, self.uploads[a.id]) if a.id in self.uploads else None)
+             (a.upload.namespace, self.uploads[a.id], self.expiries.get(a.id)) if a.id in self.uploads else None)
             for a in self.ordered)
 
     @classmethod
@@ -102,15 +110,21 @@ class AudienceSet:
             if rule is not None:
                 seg[aid] = rule(views.get(policy, _EMPTY), events, now_ms, seg)
             elif upload is not None:
-                seg[aid] = not upload[1].isdisjoint(identities.get(upload[0], ()))
+                seg[aid] = (not upload[1].isdisjoint(identities.get(upload[0], ()))
+                            and (upload[2] is None or now_ms < upload[2]))
         return frozenset(aid for aid, ok in seg.items() if ok)
 
-    def next_change_ms(self, events: Sequence[Mapping], now_ms: int) -> Optional[int]:
-        """The earliest instant > ``now_ms`` at which some event rule can change with time alone."""
+    def next_change_ms(self, events: Sequence[Mapping], now_ms: int,
+                       members: Collection[str] = ()) -> Optional[int]:
+        """The earliest instant > ``now_ms`` at which some event rule can change with time alone,
+        or an upload audience of ``members`` expires."""
         best = None
         for rule in self._event_rules:
             due = rule.next_change_ms(events, now_ms)
             if due is not None and (best is None or due < best):
+                best = due
+        for aid, due in self.expiries.items():
+            if due > now_ms and aid in members and (best is None or due < best):
                 best = due
         return best
 
@@ -126,7 +140,10 @@ class AudienceSet:
             if a.id in self.rules:
                 out[a.id] = self.rules[a.id].vectorized(batch, now_ms, out, event_aggregates)
             elif a.id in self.uploads:
-                out[a.id] = identity_membership(batch, a.upload.namespace, self._upload_values[a.id])
+                if a.id in self.expiries and now_ms >= self.expiries[a.id]:
+                    out[a.id] = pa.array(np.zeros(batch.num_rows, dtype=bool))
+                else:
+                    out[a.id] = identity_membership(batch, a.upload.namespace, self._upload_values[a.id])
         return out
 
 
@@ -167,3 +184,25 @@ def check_audiences(config: ExportConfig) -> List[str]:
         cycle_start = str(e).rsplit(": ", 1)[-1].split(" -> ")[0]
         errors.append(f"audiences[{index.get(cycle_start, 0)}].rule: {e}")
     return errors
+
+
+def compile_consent(text: str) -> AudienceRule:
+    """The consent rule (``activation.consent``): attributes only, so ``inSegment`` and event
+    forms are rule errors."""
+    rule = compile_rule("activation.consent", text)
+    if rule.segment_refs:
+        raise RuleError("the consent rule reads attributes only, not inSegment")
+    if rule.uses_events:
+        raise RuleError("the consent rule reads attributes only, not xEvent")
+    return rule
+
+
+def check_consent(config: ExportConfig) -> List[str]:
+    """The config error of the consent rule, as ``activation.consent: message``."""
+    if config.activation.consent is None:
+        return []
+    try:
+        compile_consent(config.activation.consent)
+    except RuleError as e:
+        return [f"activation.consent: {e}"]
+    return []

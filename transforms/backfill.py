@@ -17,6 +17,12 @@ characters) those values alone go through Python.
 status) when it has one of the form ``YYYY-MM-DDTHH:MM:SS[.fff](Z|±HH:MM|±HHMM)``, else the
 row's ``timestamp`` (``as_of`` when that is null), floored to the second.
 
+With ``activation.consent``, the consent rule is one more boolean mask over the batch (one
+merged view per row, as for the audiences): only rows that consent at ``as_of`` are exported,
+the others are counted (``consent_withheld``). With ``include_export_metadata`` each record ends
+with ``_export`` (sequence 0, ``at`` = ``as_of``, trigger ``backfill``); its id, a SHA-256 per
+row, is the one part made in Python.
+
 ``ExportSnapshot`` is the Beam step. It yields ``ExportRecordBatch`` elements (a batch's records
 of one merge policy, as Arrow text pieces) and knows nothing of the sink: the file sink builds
 its lines from the pieces in one pass, ``KinesisWrite`` takes their records one by one. Without
@@ -36,12 +42,11 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
 from transforms.arrow_text import concat as _concat, json_escaped, python_where as _python_where
-from transforms.audiences import AudienceSet
+from transforms.audiences import AudienceSet, compile_consent
 from transforms.config import ExportConfig
-from transforms.event_join import (EventPlan, _EventContributionsFn, default_buckets, from_ipc,
-                                   split_by_bucket)
+from transforms.event_join import EventPlan, _EventContributionsFn, default_buckets, from_ipc, split_by_bucket
 from transforms.model import DeadLetter, ExportRecordBatch
-from transforms.record_format import MAX_PARTITION_KEY_CHARS, RecordFormatter, encode_json
+from transforms.record_format import MAX_PARTITION_KEY_CHARS, RecordFormatter, encode_json, export_id
 from transforms.snapshot import (DEAD_LETTER, RESERVED, ReadParquetRowGroups, check_files, drop_nulls,
                                  membership_entries, normalized_identities, read_row_group, total_bytes)
 from transforms.timeutil import format_qualification_time
@@ -189,6 +194,10 @@ class SnapshotExporter:
         self.audiences = audiences
         self.as_of_ms = as_of_ms
         self.formatter = RecordFormatter(config)
+        # only profiles that consent at as_of are exported: one more mask (one merged view per row)
+        self.consent = compile_consent(config.activation.consent).vectorized if config.activation.consent else None
+        self.metadata = config.destination.include_export_metadata
+        self.withheld = 0   # records of the last batch withheld for lack of consent
         chosen = set(selected)
         # per policy involved (config order): its selected audiences, and all its audiences
         self.plans = []
@@ -204,14 +213,20 @@ class SnapshotExporter:
         ``event_aggregates``: the rows' event aggregates (``EventPlan.lookup``)."""
         members = self.audiences.evaluate_batch(batch, self.as_of_ms, event_aggregates)
         qualifies = [(pid, reduce(pc.or_, [members[a] for a in selected]), ids) for pid, selected, ids in self.plans]
+        if self.consent is not None:
+            consents = pc.fill_null(self.consent(batch, self.as_of_ms), False)
+            self.withheld = sum(pc.sum(pc.and_not(q, consents)).as_py() or 0 for _, q, _ in qualifies)
+            qualifies = [(pid, pc.and_(q, consents), ids) for pid, q, ids in qualifies]
         any_policy = reduce(pc.or_, [q for _, q, _ in qualifies])
         if not pc.any(any_policy).as_py():
             return [], members
         sub = batch.filter(any_policy)   # only qualifying rows are formatted
         attributes = object_members(sub, self.formatter.mapped_tree)
         head = "{" if attributes is None else _concat("{", _drop_comma(_concat(attributes, ",")))
-        tail = _concat('}},"identityMap":{', identity_map_json(_column(sub, "identityMap"), len(sub)), "}}")
-        keys = partition_keys(sub.column("profileId").cast(pa.string()))
+        tail = _concat('}},"identityMap":{', identity_map_json(_column(sub, "identityMap"), len(sub)),
+                       "}" if self.metadata else "}}")
+        profile_ids = sub.column("profileId").cast(pa.string())
+        keys = partition_keys(profile_ids)
         row_time = row_times(sub, self.as_of_ms)
         known = membership_entries(_column(sub, "segmentMembership"), self.exported_ids)
         out = []
@@ -222,12 +237,22 @@ class SnapshotExporter:
             entries = [e for e in (self._entry(a, pc.and_(members[a].filter(any_policy), rows), row_time, known.get(a))
                                    for a in ids) if e is not None]
             parts = (head, '"segmentMembership":{"ups":{', _drop_comma(_join_members(entries)), tail)
+            if self.metadata:
+                parts += (self._export_metadata(profile_ids, policy_id),)
             if len(qualifies) > 1:   # with one policy, every row of ``sub`` qualifies
                 parts = tuple(p if isinstance(p, str) else p.filter(rows) for p in parts)
                 out.append(ExportRecordBatch(policy_id, keys.filter(rows), parts))
             else:
                 out.append(ExportRecordBatch(policy_id, keys, parts))
         return out, members
+
+    def _export_metadata(self, profile_ids: pa.Array, policy_id: str) -> pa.Array:
+        """``,"_export":{...}}`` per row: sequence 0, ``at`` the as-of time, trigger ``backfill``,
+        ``id`` from profileId, policy and ``backfill@<as_of ms>`` (hashed in Python: only with
+        ``include_export_metadata``)."""
+        part = f"backfill@{self.as_of_ms}"
+        ids = pa.array([export_id(p, policy_id, part) for p in profile_ids.to_pylist()], pa.string())
+        return _concat(',"_export":{"id":"', ids, f'","sequence":0,"at":{self.as_of_ms},"triggers":["backfill"]}}}}')
 
     def _entry(self, audience_id: str, member: pa.Array, row_time: pa.Array,
                known: Optional[Tuple[pa.Array, pa.Array]]) -> Optional[pa.Array]:
@@ -248,8 +273,12 @@ def _column(batch: pa.RecordBatch, name: str) -> Optional[pa.Array]:
 
 def snapshot_columns(config: ExportConfig, audiences: AudienceSet) -> List[str]:
     """The snapshot columns a backfill reads: the reserved ones, and the top-level columns of
-    the rules' attribute paths and of the mapped attributes (column projection)."""
-    paths = [p for rule in audiences.rules.values() for p in rule.view_paths] + list(config.mapping.attributes)
+    the attribute paths of the rules and the consent rule, and of the mapped attributes
+    (column projection)."""
+    rules = list(audiences.rules.values())
+    if config.activation.consent:
+        rules.append(compile_consent(config.activation.consent))
+    paths = [p for rule in rules for p in rule.view_paths] + list(config.mapping.attributes)
     return list(dict.fromkeys(list(RESERVED) + [p.split(".")[0] for p in paths]))
 
 
@@ -280,6 +309,8 @@ class _ExportFn(beam.DoFn):
     def _export(self, batch: pa.RecordBatch, event_aggregates=None):
         self._profiles.inc(batch.num_rows)
         results, members = self._exporter.export(batch, event_aggregates)
+        if self._exporter.withheld:
+            Metrics.counter("backfill", "consent_withheld").inc(self._exporter.withheld)
         for records in results:
             self._records.inc(records.size)
             Metrics.counter("backfill", f"records_{records.policy_id}").inc(records.size)
@@ -327,7 +358,8 @@ class _JoinBucketFn(_ExportFn):
 
     def setup(self):
         super().setup()
-        self._plan = EventPlan(self._audiences.rules.values(), self._as_of_ms, self._config.evaluation.max_events_per_profile)
+        self._plan = EventPlan(self._audiences.rules.values(), self._as_of_ms,
+                               self._config.evaluation.max_events_per_profile)
 
     def process(self, element):
         _, sides = element

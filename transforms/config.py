@@ -1,21 +1,33 @@
-"""Typed, immutable configuration of one export (SPEC 3).
+"""Typed, immutable configuration of one export, and its loader.
 
 The loader (``load_config``) and its validation live below the types. Every object here is a
 frozen dataclass so a config can be captured by DoFns, pickled to workers and shared safely.
 Times are epoch milliseconds (UTC) because that is what export records carry.
 
-Loader decisions (SPEC 3 leaves them open):
+Validation:
 
-- Every problem is collected and raised at once in one ``ConfigError`` (``field.path: message``,
-  list indexes from 0), so a user fixes a config in one round. Rule syntax, ``inSegment``
-  references and upload files are checked by ``transforms.audiences.check_audiences``.
+- ``schemas/config.schema.json`` is the one description of the config's structure (types,
+  required and unknown keys, enums, ranges, "exactly one default policy", "a rule or an
+  upload"); the document is checked against it with ``jsonschema`` after ``${NAME}`` expansion.
+  Each schema error becomes one ``field.path: message`` line; the schema's ``x-messages`` give the
+  message of a keyword where the default one would not help (``audience cannot be left out``).
+- By hand, only what a schema cannot say: unique ids, references between sections (merge
+  policies, mapped audiences), timestamps, ``retry.max_delay_ms >= base_delay_ms``, data usage
+  labels against the marketing action, and (``transforms.audiences``) rule syntax, ``inSegment``,
+  the consent rule and upload files.
+- Every problem is collected and raised at once in one ``ConfigError`` (list indexes from 0), so
+  a user fixes a config in one round: a value the schema rejects is left out (its default or
+  nothing is used) and the remaining checks still run.
+
+Loader decisions:
+
 - Exactly one merge policy carries ``default: true``; a config with a single policy may leave the
   flag out (that policy is the default). Audiences without ``merge_policy`` get the default's id.
   When the default cannot be determined (an error), the first policy stands in for it so that
   one mistake is not reported again for every audience.
-- ``${NAME}`` is expanded in every string value; numbers (``max_retries: ${RETRIES}``) and
-  timestamps may come from the environment too. Values under ``credentials`` become ``Secret``
-  and are never echoed: messages name only the field and the type.
+- ``${NAME}`` is expanded in every string value; a value that is exactly one ``${NAME}`` gives a
+  number where the schema wants one (``max_retries: ${RETRIES}``). Values under ``credentials``
+  become ``Secret`` and are never echoed: messages name only the field and the type.
 - Timestamps are ISO-8601 text, YAML timestamps or epoch milliseconds. A mapped audience may be
   a bare id instead of ``{id: ...}``.
 - A file that cannot be read or parsed raises ``ConfigFileError``: one line, no field errors.
@@ -23,9 +35,10 @@ Loader decisions (SPEC 3 leaves them open):
 from __future__ import annotations
 
 import dataclasses
+import datetime as _dt
 import os
 import re
-from typing import List, Mapping as TMapping, Optional, Sequence, Tuple
+from typing import List, Mapping as TMapping, Optional, Tuple
 
 import yaml
 
@@ -90,6 +103,8 @@ class Destination:
     include_segment_names: bool = False
     include_segment_timestamps: bool = False
     retry: RetrySettings = RetrySettings()
+    include_export_metadata: bool = False   # records end with ``_export`` (id, sequence, at, triggers)
+    max_record_bytes: int = 1048576         # data plus partition key, 1 KiB..10 MiB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +143,7 @@ class UploadSource:
     path: str  # resolved against the config file's folder
     column: str
     namespace: str
+    expires_at_ms: Optional[int] = None  # no members from this instant on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +158,24 @@ class AudienceDefinition:
     updated_at_ms: Optional[int] = None
 
 
+TRIGGERS = ("audience", "identity", "attribute")   # the record triggers, in their listing order
+
+
+@dataclasses.dataclass(frozen=True)
+class DataUsage:
+    labels: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()   # (attribute path, labels), config order
+    forbidden: Tuple[str, ...] = ()                        # labels the marketing action may not export
+
+
+@dataclasses.dataclass(frozen=True)
+class Activation:
+    """Consent, trigger switches and data usage labels; the defaults change nothing."""
+    marketing_action: Optional[str] = None
+    consent: Optional[str] = None            # a rule on attributes; None: every profile consents
+    triggers: Tuple[str, ...] = TRIGGERS     # ``audience`` is always among them
+    data_usage: DataUsage = DataUsage()
+
+
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
     destination: Destination
@@ -150,6 +184,7 @@ class ExportConfig:
     audiences: Tuple[AudienceDefinition, ...]
     alerts: AlertSettings = AlertSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
+    activation: Activation = Activation()
     source: Optional[str] = None  # the file it was loaded from, for messages
 
     def audience(self, audience_id: str) -> AudienceDefinition:
@@ -183,122 +218,34 @@ class ConfigFileError(ConfigError):
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
-MERGE_POLICY_TYPES = ("timestamp_ordered", "dataset_precedence")
+_NUMBER = re.compile(r"^\s*-?\d+(\.\d*)?([eE][-+]?\d+)?\s*$")
+_TYPE_NAMES = {"integer": "an integer", "number": "a number", "string": "a string",
+               "boolean": "true or false", "array": "a list", "object": "an object", "null": "null"}
+# errors that reject a value itself: the value is left out before the config is built
+_VALUE_ERRORS = frozenset(("type", "pattern", "enum", "const", "minimum", "maximum", "exclusiveMinimum",
+                           "exclusiveMaximum", "minLength", "maxLength", "propertyNames"))
+_validator = None
 
 
-class _Reader:
-    """Walks the raw document, collecting every error with its field path instead of stopping
-    at the first one. Values under ``credentials`` are never echoed into a message."""
-
-    def __init__(self, environ: TMapping[str, str]):
-        self.environ = environ
-        self.errors: List[str] = []
-
-    def error(self, path: str, message: str) -> None:
-        self.errors.append(f"{path}: {message}")
-
-    def obj(self, value, path: str, required: Sequence[str], optional: Sequence[str]) -> Optional[dict]:
-        if not isinstance(value, dict):
-            self.error(path, f"expected an object, got {_type_name(value)}")
-            return None
-        for key in value:
-            if key not in required and key not in optional:
-                self.error(_join(path, key), "unknown key")
-        for key in required:
-            if value.get(key) is None:
-                self.error(_join(path, key), "required field missing")
-            elif isinstance(value[key], str) and not value[key].strip():
-                self.error(_join(path, key), "must not be empty")
-        return value
-
-    def text(self, obj: Optional[dict], key: str, path: str, default=None, secret=False):
-        value = None if obj is None else obj.get(key)
-        where = _join(path, key)
-        if value is None:
-            return default
-        if not isinstance(value, str):
-            self.error(where, f"expected a string, got {_type_name(value)}")
-            return default
-        expanded = self.expand(value, where)
-        if expanded is None:
-            return default
-        return Secret(expanded) if secret else expanded
-
-    def expand(self, value: str, where: str) -> Optional[str]:
-        missing = [m.group(1) for m in _ENV_REF.finditer(value) if m.group(1) not in self.environ]
-        for name in missing:
-            self.error(where, f"environment variable {name} is not set")
-        if missing:
-            return None
-        return _ENV_REF.sub(lambda m: self.environ[m.group(1)], value)
-
-    def number(self, obj, key, path, default, kind=int, minimum=None):
-        value = None if obj is None else obj.get(key)
-        where = _join(path, key)
-        if value is None:
-            return default
-        if isinstance(value, str) and _ENV_REF.search(value):  # a number from the environment
-            value = self.expand(value, where)
-            if value is None:
-                return default
-            try:
-                value = kind(value)
-            except ValueError:
-                self.error(where, f"expected {'an integer' if kind is int else 'a number'}, got a string")
-                return default
-        ok = isinstance(value, int) if kind is int else isinstance(value, (int, float))
-        if isinstance(value, bool) or not ok:
-            self.error(where, f"expected {'an integer' if kind is int else 'a number'}, got {_type_name(value)}")
-            return default
-        if minimum is not None and value < minimum:
-            self.error(where, f"must be at least {minimum}, got {value}")
-            return default
-        return kind(value)
-
-    def flag(self, obj, key, path, default=False) -> bool:
-        value = None if obj is None else obj.get(key)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            self.error(_join(path, key), f"expected true or false, got {_type_name(value)}")
-            return default
-        return value
-
-    def time_ms(self, obj, key, path) -> Optional[int]:
-        value = None if obj is None else obj.get(key)
-        if isinstance(value, str):
-            value = self.expand(value, _join(path, key))
-        if value is None:
-            return None
-        try:
-            return parse_timestamp_ms(value)
-        except ValueError as e:
-            self.error(_join(path, key), str(e))
-            return None
-
-    def items(self, obj, key, path) -> List[Tuple[str, object]]:
-        """``(path, item)`` of a list field; absent is empty (required lists are checked by ``obj``)."""
-        value = None if obj is None else obj.get(key)
-        where = _join(path, key)
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            self.error(where, f"expected a list, got {_type_name(value)}")
-            return []
-        return [(f"{where}[{i}]", v) for i, v in enumerate(value)]
-
-    def strings(self, obj, key, path) -> Tuple[str, ...]:
-        out = []
-        for where, v in self.items(obj, key, path):
-            if isinstance(v, str) and v.strip():
-                out.append(self.expand(v, where) or v)
-            else:
-                self.error(where, f"expected a non-empty string, got {_type_name(v)}")
-        return tuple(out)
+def _schema_validator():
+    """The validator of ``schemas/config.schema.json``, built once per process."""
+    global _validator
+    if _validator is None:
+        import jsonschema
+        from schemas import load_schema
+        _validator = jsonschema.Draft202012Validator(load_schema("config.schema.json"))
+    return _validator
 
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
+
+
+def _path_text(path) -> str:
+    out = ""
+    for part in path:
+        out = f"{out}[{part}]" if isinstance(part, int) else _join(out, str(part))
+    return out
 
 
 def _type_name(value) -> str:
@@ -339,143 +286,289 @@ def load_config(path: str, environ: Optional[TMapping[str, str]] = None) -> Expo
     return config_from_dict(data, base_dir, os.environ if environ is None else environ, source=path)
 
 
+class _Document:
+    """The parsed document, ``${NAME}``-expanded and checked against the schema. Every error is
+    kept with its field path; a value the schema rejects is left out, so the config can still
+    be built and checked further (one round finds every mistake)."""
+
+    def __init__(self, data: dict, environ: TMapping[str, str]):
+        self.errors: List[str] = []
+        self._whole_refs: set = set()   # paths of values that were exactly one ${NAME}
+        self._unset: set = set()        # paths whose ${NAME} is not set (reported once)
+        self.data = self._expand(data, (), environ)
+        self._check()
+
+    def _expand(self, value, path, environ):
+        if isinstance(value, dict):
+            return {k: self._expand(v, path + (k,), environ) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._expand(v, path + (i,), environ) for i, v in enumerate(value)]
+        if isinstance(value, (_dt.date, _dt.datetime)):   # YAML timestamps: the text they were
+            return value.isoformat()
+        if not isinstance(value, str) or "${" not in value:
+            return value
+        missing = [m.group(1) for m in _ENV_REF.finditer(value) if m.group(1) not in environ]
+        for name in missing:
+            self.errors.append(f"{_path_text(path)}: environment variable {name} is not set")
+        if missing:
+            self._unset.add(path)
+            return value
+        if _ENV_REF.fullmatch(value):
+            self._whole_refs.add(path)
+        return _ENV_REF.sub(lambda m: environ[m.group(1)], value)
+
+    def _check(self) -> None:
+        validator = _schema_validator()
+        errors = list(validator.iter_errors(self.data))
+        # a whole ${NAME} in a numeric field gives a number: convert, then check again
+        coerced = False
+        for e in errors:
+            path = tuple(e.absolute_path)
+            if (e.validator == "type" and path in self._whole_refs and isinstance(e.instance, str)
+                    and {"integer", "number"} & set(_as_list(e.validator_value)) and _NUMBER.match(e.instance)):
+                number = float(e.instance)
+                self._set(path, int(number) if number.is_integer() and "integer" in _as_list(e.validator_value)
+                          else number)
+                coerced = True
+        if coerced:
+            errors = list(validator.iter_errors(self.data))
+        found = []
+        for e in errors:
+            found.extend(_render(e))
+        for path, message, _ in found:
+            if any(path[:len(u)] == u for u in self._unset):
+                continue                       # its missing variable is the error
+            self.errors.append(f"{_path_text(path)}: {message}" if path else message)
+        for path, _, prune in sorted(found, key=lambda f: -len(f[0])):
+            if prune:
+                self._set(path, None)
+
+    def _set(self, path, value) -> None:
+        """Replace the value at ``path`` (``None`` in a dict: leave the key out)."""
+        node = self.data
+        try:
+            for part in path[:-1]:
+                node = node[part]
+            if isinstance(node, dict) and value is None:
+                node.pop(path[-1], None)
+            else:
+                node[path[-1]] = value
+        except (KeyError, IndexError, TypeError):
+            pass                               # a parent was left out already
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _render(error) -> List[Tuple[tuple, str, bool]]:
+    """One schema error as ``(field path, message, leave the value out)`` entries; the schema's
+    ``x-messages`` (``{keyword: text}``, ``{got}``/``{value}`` filled in) override the defaults.
+    Values are never echoed except enum values (credentials have none)."""
+    path = tuple(error.absolute_path)
+    kind, instance, schema = error.validator, error.instance, error.schema
+    custom = schema.get("x-messages", {}).get(kind) if isinstance(schema, dict) else None
+    if kind in ("oneOf", "anyOf"):
+        matching = _matching_branches(error)
+        if len(matching) == 1:                 # the form this value's type takes: its own errors
+            return [r for sub in matching[0] for r in _render(sub)]
+        prune = not matching and not custom
+        if custom is None:
+            custom = f"expected {_expected(error.validator_value)}, got {{got}}"
+        return [(path, custom.format(got=_type_name(instance), value=repr(instance)), prune)]
+    if custom is not None and kind not in ("required", "dependentRequired", "additionalProperties"):
+        return [(path, custom.format(got=_type_name(instance), value=repr(instance)), kind in _VALUE_ERRORS)]
+    if kind == "type":
+        return [(path, f"expected {' or '.join(_TYPE_NAMES[t] for t in _as_list(error.validator_value))}, "
+                       f"got {_type_name(instance)}", True)]
+    if kind == "required":
+        return [(path + (key,), custom or "required field missing", False)
+                for key in error.validator_value if key not in instance]
+    if kind == "dependentRequired":
+        return [(path + (need,), f"required with {key}", False)
+                for key, needs in error.validator_value.items() if key in instance
+                for need in needs if need not in instance]
+    if kind == "additionalProperties":
+        known = schema.get("properties", {})
+        return [(path + (key,), "unknown key", True) for key in instance if key not in known]
+    if kind in ("minimum", "maximum"):
+        return [(path, f"must be at {'least' if kind == 'minimum' else 'most'} {error.validator_value}, "
+                       f"got {instance}", True)]
+    if kind == "enum":
+        allowed = [str(v) for v in error.validator_value]
+        return [(path, f"unknown value {instance!r} (expected {', '.join(allowed[:-1])} or {allowed[-1]})", True)]
+    if kind == "uniqueItems":
+        seen = []
+        for i, item in enumerate(instance):
+            if item in seen:
+                return [(path + (i,), f"{item!r} is listed twice", False)]
+            seen.append(item)
+    if kind == "minItems":
+        return [(path, f"needs at least {error.validator_value} item(s)", False)]
+    return [(path, f"not allowed here ({kind})", kind in _VALUE_ERRORS)]
+
+
+def _matching_branches(error) -> List[list]:
+    """The sub-errors of each ``oneOf``/``anyOf`` branch whose type the value has."""
+    branches: dict = {i: [] for i in range(len(error.validator_value))}
+    for sub in error.context:
+        branches[sub.relative_schema_path[0]].append(sub)
+    return [subs for subs in branches.values()
+            if not any(s.validator == "type" and len(s.relative_schema_path) == 2 for s in subs)]
+
+
+def _expected(branches) -> str:
+    names = []
+    for b in branches:
+        kind = b.get("type", "string" if "$ref" in b else None)
+        for t in _as_list(kind):
+            if t and _TYPE_NAMES[t] not in names:
+                names.append(_TYPE_NAMES[t])
+    return " or ".join(names) or "another form"
+
+
 def config_from_dict(data, base_dir: str, environ: TMapping[str, str], source: Optional[str] = None) -> ExportConfig:
     """Validate a parsed document; relative paths resolve against ``base_dir`` (the file's folder)."""
     if not isinstance(data, dict):
         raise ConfigError([f"config: expected an object with destination, mapping, merge_policies and audiences, "
                            f"got {_type_name(data)}"], source)
-    r = _Reader(environ)
-    top = r.obj(data, "", ("destination", "mapping", "merge_policies", "audiences"),
-                ("alerts", "evaluation"))
-    destination = _destination(r, top.get("destination"), base_dir)
-    alerts = r.obj(top.get("alerts", {}), "alerts", (), ("latency_p95_seconds",))
-    evaluation = r.obj(top.get("evaluation", {}), "evaluation", (), ("max_events_per_profile",))
-    policies = _merge_policies(r, top)
-    audiences = _audiences(r, top, policies, base_dir)
-    mapping = _mapping(r, top.get("mapping"), audiences)
+    doc = _Document(data, environ)
+    errors = doc.errors
+    top = doc.data
+    policies = _merge_policies(top.get("merge_policies") or [], errors)
+    audiences = _audiences(top.get("audiences") or [], policies, base_dir, errors)
+    activation = _activation(top.get("activation") or {}, errors)
+    mapping = _mapping(top.get("mapping") or {}, audiences, activation, errors)
+    alerts, evaluation = top.get("alerts") or {}, top.get("evaluation") or {}
     config = ExportConfig(
-        destination=destination, mapping=mapping, merge_policies=policies, audiences=audiences,
-        alerts=AlertSettings(r.number(alerts, "latency_p95_seconds", "alerts", 600.0, float, 0)),
-        evaluation=EvaluationSettings(r.number(evaluation, "max_events_per_profile", "evaluation", 1000, int, 1)),
-        source=source)
-    from transforms.audiences import check_audiences  # the rule language imports this module
-    errors = r.errors + check_audiences(config)
+        destination=_destination(top.get("destination") or {}, base_dir, errors),
+        mapping=mapping, merge_policies=policies, audiences=audiences,
+        alerts=AlertSettings(float(alerts.get("latency_p95_seconds", 600.0))),
+        evaluation=EvaluationSettings(evaluation.get("max_events_per_profile", 1000)),
+        activation=activation, source=source)
+    from transforms.audiences import check_audiences, check_consent  # the rule language imports this module
+    errors += check_audiences(config) + check_consent(config)
     if errors:
         raise ConfigError(errors, source)
     return config
 
 
-def _destination(r: _Reader, raw, base_dir: str) -> Optional[Destination]:
-    path = "destination"
-    if raw is None:  # reported as a missing required field
+def _time_ms(obj: dict, key: str, where: str, errors: List[str]) -> Optional[int]:
+    value = obj.get(key)
+    if value is None:
         return None
-    d = r.obj(raw, path, ("name", "region", "stream"),
-              ("description", "endpoint_url", "credentials", "include_segment_names",
-               "include_segment_timestamps", "retry", "dead_letter"))
-    if d is None:
+    try:
+        return parse_timestamp_ms(value)
+    except ValueError as e:
+        errors.append(f"{where}.{key}: {e}")
         return None
+
+
+def _destination(d: dict, base_dir: str, errors: List[str]) -> Destination:
+    c = d.get("credentials")
     credentials = None
-    if d.get("credentials") is not None:
-        c = r.obj(d["credentials"], f"{path}.credentials", ("access_key_id", "secret_access_key"),
-                  ("session_token",))
-        if c is not None:
-            where = f"{path}.credentials"
-            credentials = Credentials(r.text(c, "access_key_id", where, secret=True),
-                                      r.text(c, "secret_access_key", where, secret=True),
-                                      r.text(c, "session_token", where, secret=True))
-    retry = RetrySettings()
-    if d.get("retry") is not None:
-        where = f"{path}.retry"
-        raw_retry = r.obj(d["retry"], where, (), ("max_retries", "base_delay_ms", "max_delay_ms"))
-        retry = RetrySettings(r.number(raw_retry, "max_retries", where, 2, int, 0),
-                              r.number(raw_retry, "base_delay_ms", where, 100, int, 0),
-                              r.number(raw_retry, "max_delay_ms", where, 5000, int, 0))
-        if retry.max_delay_ms < retry.base_delay_ms:
-            r.error(f"{where}.max_delay_ms", f"must be at least base_delay_ms ({retry.base_delay_ms})")
+    if c is not None:
+        credentials = Credentials(*(Secret(c[k]) if c.get(k) is not None else None
+                                    for k in ("access_key_id", "secret_access_key", "session_token")))
+    r = d.get("retry") or {}
+    retry = RetrySettings(r.get("max_retries", 2), r.get("base_delay_ms", 100), r.get("max_delay_ms", 5000))
+    if retry.max_delay_ms < retry.base_delay_ms:
+        errors.append(f"destination.retry.max_delay_ms: must be at least base_delay_ms ({retry.base_delay_ms})")
     return Destination(
-        name=r.text(d, "name", path), region=r.text(d, "region", path), stream=r.text(d, "stream", path),
-        dead_letter=_resolve(r.text(d, "dead_letter", path, "dead-letter"), base_dir),
-        description=r.text(d, "description", path), endpoint_url=r.text(d, "endpoint_url", path),
-        credentials=credentials,
-        include_segment_names=r.flag(d, "include_segment_names", path),
-        include_segment_timestamps=r.flag(d, "include_segment_timestamps", path), retry=retry)
+        name=d.get("name"), region=d.get("region"), stream=d.get("stream"),
+        dead_letter=_resolve(d.get("dead_letter", "dead-letter"), base_dir),
+        description=d.get("description"), endpoint_url=d.get("endpoint_url"), credentials=credentials,
+        include_segment_names=d.get("include_segment_names", False),
+        include_segment_timestamps=d.get("include_segment_timestamps", False), retry=retry,
+        include_export_metadata=d.get("include_export_metadata", False),
+        max_record_bytes=d.get("max_record_bytes", 1048576))
 
 
-def _merge_policies(r: _Reader, top) -> Tuple[MergePolicyConfig, ...]:
+def _merge_policies(raw: list, errors: List[str]) -> Tuple[MergePolicyConfig, ...]:
     policies, seen = [], set()
-    if top.get("merge_policies") == []:
-        r.error("merge_policies", "at least one merge policy is needed")
-    for where, raw in r.items(top, "merge_policies", ""):
-        p = r.obj(raw, where, ("id", "type"), ("default", "datasets"))
-        if p is None:
+    for i, p in enumerate(raw):
+        if not isinstance(p, dict):
             continue
-        pid, kind = r.text(p, "id", where), r.text(p, "type", where)
-        if pid in seen:
-            r.error(f"{where}.id", f"duplicate merge policy id {pid!r}")
+        pid = p.get("id")
+        if pid is not None and pid in seen:
+            errors.append(f"merge_policies[{i}].id: duplicate merge policy id {pid!r}")
         seen.add(pid)
-        if kind is not None and kind not in MERGE_POLICY_TYPES:
-            r.error(f"{where}.type", f"unknown merge policy type {kind!r} (expected {' or '.join(MERGE_POLICY_TYPES)})")
-        datasets = r.strings(p, "datasets", where)
-        if kind == "dataset_precedence" and not datasets:
-            r.error(f"{where}.datasets", "dataset_precedence needs the datasets in precedence order")
-        policies.append(MergePolicyConfig(pid, kind, r.flag(p, "default", where), datasets))
-    defaults = [p.id for p in policies if p.default]
-    if len(policies) == 1 and not defaults:  # a single policy is the default
+        policies.append(MergePolicyConfig(pid, p.get("type"), p.get("default", False), tuple(
+            d for d in p.get("datasets", ()) if d is not None)))
+    if len(policies) == 1 and not policies[0].default:   # a single policy is the default
         policies[0] = dataclasses.replace(policies[0], default=True)
-    elif policies and len(defaults) != 1:
-        r.error("merge_policies", f"exactly one policy must have default: true, found {len(defaults)}")
     return tuple(policies)
 
 
-def _audiences(r: _Reader, top, policies, base_dir) -> Tuple[AudienceDefinition, ...]:
+def _audiences(raw: list, policies, base_dir: str, errors: List[str]) -> Tuple[AudienceDefinition, ...]:
     policy_ids = {p.id for p in policies}
     # without a single default (reported), the first policy stands in: see the module docstring
     default = next((p.id for p in policies if p.default and p.id), None) or next((p.id for p in policies if p.id), None)
     audiences, seen = [], set()
-    for where, raw in r.items(top, "audiences", ""):
-        a = r.obj(raw, where, ("id", "name"), ("description", "created_at", "updated_at",
-                                               "merge_policy", "rule", "upload"))
-        if a is None:
+    for i, a in enumerate(raw):
+        if not isinstance(a, dict):
             continue
-        aid = r.text(a, "id", where)
-        if aid in seen:
-            r.error(f"{where}.id", f"duplicate audience id {aid!r}")
+        where = f"audiences[{i}]"
+        aid = a.get("id")
+        if aid is not None and aid in seen:
+            errors.append(f"{where}.id: duplicate audience id {aid!r}")
         seen.add(aid)
-        policy = r.text(a, "merge_policy", where, default)
+        policy = a.get("merge_policy", default)
         if a.get("merge_policy") is not None and policy not in policy_ids:
-            r.error(f"{where}.merge_policy", f"unknown merge policy {policy!r}")
-        has_rule, has_upload = a.get("rule") is not None, a.get("upload") is not None
-        if has_rule == has_upload:
-            r.error(where, "has both a rule and an upload; give one" if has_rule else "needs a rule or an upload")
-        upload = None
-        if has_upload:
-            u = r.obj(a["upload"], f"{where}.upload", ("path", "column", "namespace"), ())
-            fields = [r.text(u, k, f"{where}.upload") for k in ("path", "column", "namespace")]
-            if None not in fields:  # incomplete uploads are reported above and not read
-                upload = UploadSource(_resolve(fields[0], base_dir), fields[1], fields[2])
-        rule = r.text(a, "rule", where)
+            errors.append(f"{where}.merge_policy: unknown merge policy {policy!r}")
+        u, upload = a.get("upload"), None
+        if isinstance(u, dict) and "rule" not in a and all(u.get(k) for k in ("path", "column", "namespace")):
+            upload = UploadSource(_resolve(u["path"], base_dir), u["column"], u["namespace"],
+                                  _time_ms(u, "expires_at", f"{where}.upload", errors))
         audiences.append(AudienceDefinition(
-            id=aid, name=r.text(a, "name", where), merge_policy=policy, rule=rule, upload=upload,
-            description=r.text(a, "description", where),
-            created_at_ms=r.time_ms(a, "created_at", where), updated_at_ms=r.time_ms(a, "updated_at", where)))
+            id=aid, name=a.get("name"), merge_policy=policy, rule=a.get("rule"), upload=upload,
+            description=a.get("description"),
+            created_at_ms=_time_ms(a, "created_at", where, errors), updated_at_ms=_time_ms(a, "updated_at", where, errors)))
     return tuple(audiences)
 
 
-def _mapping(r: _Reader, raw, audiences) -> Mapping:
-    m = None if raw is None else r.obj(raw, "mapping", (), ("attributes", "audiences"))
+def _activation(a: dict, errors: List[str]) -> Activation:
+    usage = a.get("data_usage") or {}
+    labels = tuple((path, tuple(x for x in found if x is not None))
+                   for path, found in (usage.get("labels") or {}).items() if found is not None)
+    return Activation(
+        marketing_action=a.get("marketing_action"), consent=a.get("consent"),
+        triggers=tuple(t for t in TRIGGERS if t in (a.get("triggers") or TRIGGERS)),
+        data_usage=DataUsage(labels, tuple(x for x in usage.get("forbidden", ()) if x is not None)))
+
+
+def forbidden_labels(attribute: str, data_usage: DataUsage) -> List[str]:
+    """The forbidden labels a mapped attribute carries: on its own path, a parent path or a path
+    below it (a mapped object exports its children); in ``forbidden`` order."""
+    carried = set()
+    for path, labels in data_usage.labels:
+        if path == attribute or attribute.startswith(path + ".") or path.startswith(attribute + "."):
+            carried.update(labels)
+    return [label for label in data_usage.forbidden if label in carried]
+
+
+def _mapping(m: dict, audiences, activation: Activation, errors: List[str]) -> Mapping:
     defined = {a.id for a in audiences}
     mapped, seen = [], set()
-    for where, item in r.items(m, "audiences", "mapping"):
+    for i, item in enumerate(m.get("audiences") or ()):
         if isinstance(item, str):  # a bare id is accepted too
             item = {"id": item}
-        e = r.obj(item, where, ("id",), ("mapped_at", "mapping_updated_at"))
-        if e is None:
+        if not isinstance(item, dict):
             continue
-        aid = r.text(e, "id", where)
-        if aid in seen:
-            r.error(f"{where}.id", f"audience {aid!r} is mapped twice")
+        where = f"mapping.audiences[{i}]"
+        aid = item.get("id")
+        if aid is not None and aid in seen:
+            errors.append(f"{where}.id: audience {aid!r} is mapped twice")
         elif aid is not None and aid not in defined:
-            r.error(f"{where}.id", f"mapped audience {aid!r} is not defined in audiences")
+            errors.append(f"{where}.id: mapped audience {aid!r} is not defined in audiences")
         seen.add(aid)
-        mapped.append(MappedAudience(aid, r.time_ms(e, "mapped_at", where), r.time_ms(e, "mapping_updated_at", where)))
-    return Mapping(attributes=r.strings(m, "attributes", "mapping"), audiences=tuple(mapped))
+        mapped.append(MappedAudience(aid, _time_ms(item, "mapped_at", where, errors),
+                                     _time_ms(item, "mapping_updated_at", where, errors)))
+    attributes = tuple(m.get("attributes") or ())
+    for i, attribute in enumerate(attributes):
+        if attribute is None:
+            continue
+        for label in forbidden_labels(attribute, activation.data_usage):
+            errors.append(f"mapping.attributes[{i}]: {attribute} carries label {label}, which marketing action "
+                          f"{activation.marketing_action!r} forbids")
+    return Mapping(attributes=tuple(a for a in attributes if a is not None), audiences=tuple(mapped))

@@ -1,21 +1,34 @@
 """``ExportProfileChanges``: profile updates in, export records out (SPEC 5-6), over keyed state.
 
 One stateful DoFn keyed by profileId with one ``ReadModifyWriteState`` cell (the whole
-``ProfileState``, ``ProfileStateCoder``) and, only when some rule reads events, one event-time
-timer: each state cell or timer costs the DirectRunner a per-key, per-bundle price (SPEC 9).
+``ProfileState``, ``ProfileStateCoder``) and, only when some rule reads events or an upload
+expires, one event-time timer: each state cell or timer costs the DirectRunner a per-key, per-bundle price (SPEC 9).
 A record keeps the element timestamp of what produced it: its update (the readers stamp each
 update with its own time) or its timer; a time-window change caught up by a later update goes
 out with that update's timestamp. (Re-stamping each record with its ``event_time_ms`` cost the
 DirectRunner ~10% of streaming throughput.) Metrics (namespace ``export``): ``updates``, ``records``, ``exports_audience``
-/ ``_identity`` / ``_attribute`` (records by trigger), ``exits``, ``timers_fired``, and the
+/ ``_identity`` / ``_attribute`` / ``_consent`` / ``_expiry`` (records by trigger), ``exits``,
+``timers_fired``, ``consent_withheld`` / ``consent_opt_outs`` / ``consent_opt_ins``, and the
 ``state_bytes`` distribution (one state write in ``STATE_BYTES_SAMPLE``).
+
+Activation controls (``config.activation``, ``include_export_metadata``, ``expires_at``), all
+decided when the exporter is built, so a config without them runs the code it always did:
+- consent: the consent rule is evaluated with the audiences, on each policy's view, and its
+  result kept in the state (``consents``); a record of a policy the profile consents to neither
+  before nor after is withheld (counted), a change of consent exports only the opt-out or opt-in
+  record of that policy (``ExportDecider.opt_out``/``opt_in``). The consent rule's paths join the
+  rule inputs, so a write that may change consent is always evaluated;
+- upload expiry: the expiry instant of an upload audience the profile is in is one more due
+  time of the timer (capped by ``until_ms`` like window changes);
+- export metadata: the per-policy ``sequence`` lives in the state, so a retried bundle (its state
+  rolled back) produces the same ``_export.id`` again.
 
 Event time, per profile:
 - an update is evaluated at its timestamp, but never before the profile's last evaluation time:
   an update arriving out of order is evaluated at that time (its writes still merge by their own
   timestamps and never overwrite newer values; its event joins the history at its own time);
-- time-window changes are due at ``AudienceSet.next_change_ms``; the timer is set only when
-  that instant changes, and only when some rule reads events. Changes due strictly before an
+- time-window changes and upload expiries are due at ``AudienceSet.next_change_ms``; the timer
+  is set only when that instant changes, and only when some rule reads events or an upload expires. Changes due strictly before an
   update are acted on first, inline, at their own instants (a bounded input is read before any
   timer fires, SPEC 2), so the timer only ever catches a profile that stays quiet;
 - with ``until_ms`` (bounded replay) nothing due after it is acted on: the watermark jumps to
@@ -33,7 +46,7 @@ from __future__ import annotations
 import collections
 import operator
 import threading
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, FrozenSet, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.coders import coders
@@ -43,7 +56,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from apache_beam.utils.timestamp import Timestamp
 
 from transforms import profile_state
-from transforms.audiences import AudienceSet
+from transforms.audiences import AudienceSet, compile_consent
 from transforms.config import ExportConfig
 from transforms.export_decision import EXITED, ExportDecider, ExportPlan, PathMatcher
 from transforms.merge import MergePolicies
@@ -101,6 +114,9 @@ class ProfileStateCoder(coders.Coder):
 
 beam.coders.registry.register_coder(ProfileState, ProfileStateCoder)
 _SNAPSHOT_TIME = operator.attrgetter("timestamp_ms")
+_NO_SEGMENTS: dict = {}
+_NO_ATTRIBUTES: dict = {}
+_NO_POLICIES: FrozenSet[str] = frozenset()
 
 
 class ProfileExporter:
@@ -124,20 +140,30 @@ class ProfileExporter:
         self.decider = ExportDecider(config)
         self.formatter = RecordFormatter(config)
         self.retention_ms = audiences.event_retention_ms
-        self.timed = self.retention_ms != 0        # some rule reads events
-        self.reads_now = audiences.reads_now
+        self.keeps_events = self.retention_ms != 0   # some rule reads events
+        self.timed = audiences.timed                 # events leave windows, or uploads expire
+        self.consent = compile_consent(config.activation.consent) if config.activation.consent else None
+        rules = list(audiences.rules.values()) + ([self.consent] if self.consent else [])
+        self.reads_now = any(rule.reads_now for rule in rules)
         self.reads_identities = bool(audiences.uploads)
-        self.rule_inputs = PathMatcher(p for rule in audiences.rules.values() for p in rule.view_paths)
+        self.rule_inputs = PathMatcher(p for rule in rules for p in rule.view_paths)
         self.mapped_attributes = self.decider.mapped_attributes
         self.max_events = config.evaluation.max_events_per_profile
+        self.metadata = config.destination.include_export_metadata
+        self.counts: collections.Counter = collections.Counter()   # consent metrics, read by the DoFn
 
     def seed(self, snapshot: SnapshotProfile) -> ProfileState:
-        return ProfileState.from_snapshot(snapshot, self.policies, self.audience_ids)
+        """A seeded profile's state; with consent, the seed's consent is where it starts from (a
+        seeded member that does not consent counts as announced as exited)."""
+        state = ProfileState.from_snapshot(snapshot, self.policies, self.audience_ids)
+        if self.consent is not None:
+            state.consents = self._consents(self.policies.views(state), snapshot.timestamp_ms)
+        return state
 
     def catch_up(self, key: str, state: ProfileState, before_ms: int,
                  out: Optional[List[Tuple[ExportRecord, ExportPlan]]] = None) -> List[Tuple[ExportRecord, ExportPlan]]:
-        """Act on the time-window changes due strictly before ``before_ms`` (a timer's own
-        instant: ``before_ms = due + 1``), each at its instant."""
+        """Act on the time changes (window changes, upload expiries) due strictly before
+        ``before_ms`` (a timer's own instant: ``before_ms = due + 1``), each at its instant."""
         if out is None:
             out = []
         while state.timer_ms is not None and state.timer_ms < before_ms:
@@ -153,7 +179,7 @@ class ProfileExporter:
         if timer is not None and timer < now:
             self.catch_up(key, state, now, out)
             timer = state.timer_ms
-        leaves, changed, identities_changed, event_added = state.apply(update, self.policies, self.timed)
+        leaves, changed, identities_changed, event_added = state.apply(update, self.policies, self.keeps_events)
         attribute_written = bool(leaves) and self.mapped_attributes.any([p for p, _ in leaves])
         evaluated = state.evaluated_ms
         if evaluated is None or event_added or self.reads_now \
@@ -168,17 +194,20 @@ class ProfileExporter:
         if evaluated > now:                           # no rule input changed: results stand
             now = evaluated
         state.evaluated_ms = now
-        if self.timed:
+        if self.keeps_events:
             state.prune_events(now, self.retention_ms, self.max_events)
         if (attribute_written or identities_changed) and state.realized:
             realized = state.realized
             plans = self.decider.decide(realized, realized, now, identities_changed, attribute_written)
+            if plans and self.consent is not None:     # consent did not change: no rule input did
+                consents = state.consents or _NO_POLICIES
+                plans = self._consenting(plans, consents, consents)
             if plans:
-                self._format(key, state, self.policies.views(state), plans, update.timestamp_ms, out)
+                self._format(key, state, self.policies.views(state), plans, now, update.timestamp_ms, out)
         return out
 
     def _evaluate(self, key, state, now, event_time_ms, identities_changed, attribute_written, out):
-        if self.timed:
+        if self.keeps_events:
             state.prune_events(now, self.retention_ms, self.max_events)
         views = self.policies.views(state)
         members = self.audiences.evaluate(views, state.identities, state.events, now)
@@ -187,20 +216,83 @@ class ProfileExporter:
             after = state.realized = {a: before.get(a, now) for a in members}
         state.evaluated_ms = now
         if self.timed:
-            due = self.audiences.next_change_ms(state.events, now)
+            due = self.audiences.next_change_ms(state.events, now, members)
             state.timer_ms = (None if due is None or due <= now or (self.until_ms is not None and due > self.until_ms)
                               else due)
+        if self.consent is not None:
+            self._evaluate_consent(key, state, views, before, after, now, event_time_ms,
+                                   identities_changed, attribute_written, out)
+            return
         if after is before and not ((identities_changed or attribute_written) and after):
             return
         plans = self.decider.decide(before, after, now, identities_changed, attribute_written)
         if plans:
-            self._format(key, state, views, plans, event_time_ms, out)
+            self._format(key, state, views, plans, now, event_time_ms, out)
 
-    def _format(self, key, state, views, plans, event_time_ms, out):
+    def _consents(self, views, now) -> FrozenSet[str]:
+        consent = self.consent.evaluate
+        return frozenset(pid for pid, view in views.items() if consent(view, (), now, _NO_SEGMENTS))
+
+    def _evaluate_consent(self, key, state, views, before, after, now, event_time_ms,
+                          identities_changed, attribute_written, out):
+        """Consent per merge policy: nothing is exported for a policy while the profile does not
+        consent; a change of consent exports the opt-out or opt-in record alone."""
+        was = state.consents or _NO_POLICIES
+        consents = state.consents = self._consents(views, now)
+        plans = []
+        if was != consents:
+            decider = self.decider
+            for pid in decider.policy_ids:
+                if (pid in was) == (pid in consents):
+                    continue
+                if pid in consents:
+                    plan = decider.opt_in(after, pid, now)
+                    if plan is not None:
+                        if after is before:
+                            after = state.realized = dict(after)
+                        after.update((a, t) for a, _, t in plan.ups)   # destination's qualification time
+                        self.counts["consent_opt_ins"] += 1
+                else:
+                    plan = decider.opt_out(before, pid, now)
+                    if plan is not None:
+                        self.counts["consent_opt_outs"] += 1
+                if plan is not None:
+                    plans.append(plan)
+        if after is not before or ((identities_changed or attribute_written) and after):
+            plans += self._consenting(self.decider.decide(before, after, now, identities_changed, attribute_written),
+                                      was, consents)
+        if plans:
+            order = self.decider.policy_ids
+            plans.sort(key=lambda p: order.index(p.policy_id))
+            self._format(key, state, views, plans, now, event_time_ms, out)
+
+    def _consenting(self, plans, was, consents) -> list:
+        """The plans of the policies consented to before and after; those of policies consented
+        to neither before nor after are withheld (a change of consent has its own record)."""
+        kept = []
+        for plan in plans:
+            if plan.policy_id in consents:
+                if plan.policy_id in was:
+                    kept.append(plan)
+            elif plan.policy_id not in was:
+                self.counts["consent_withheld"] += 1
+        return kept
+
+    def _format(self, key, state, views, plans, now, event_time_ms, out):
         partition_key = self.formatter.partition_key(key)
         for plan in plans:
-            data = self.formatter.format(views[plan.policy_id], plan.ups, state.identities)
+            view = views[plan.policy_id] if plan.attributes else _NO_ATTRIBUTES
+            metadata = self._metadata(key, state, plan, now) if self.metadata else ""
+            data = self.formatter.format(view, plan.ups, state.identities, metadata)
             out.append((ExportRecord(partition_key, data, event_time_ms), plan))
+
+    def _metadata(self, key, state, plan, now) -> str:
+        """The ``_export`` member; the sequence of the profile and policy lives in its state."""
+        sequences = state.sequences
+        if sequences is None:
+            sequences = state.sequences = {}
+        sequence = sequences[plan.policy_id] = sequences.get(plan.policy_id, 0) + 1
+        return self.formatter.export_metadata(key, plan.policy_id, sequence, now, plan.triggers)
 
 
 class _ExportProfileChangesFn(beam.DoFn):
@@ -221,6 +313,8 @@ class _ExportProfileChangesFn(beam.DoFn):
         self._counts = collections.Counter()  # counted here, reported once per bundle
 
     def finish_bundle(self):
+        self._counts.update(self._exporter.counts)
+        self._exporter.counts.clear()
         for name, n in self._counts.items():
             Metrics.counter("export", name).inc(n)
 
@@ -303,6 +397,6 @@ class ExportProfileChanges(beam.PTransform):
             # load the whole snapshot into every worker)
             side["seeds"] = beam.pvalue.AsMultiMap(
                 self._seed | "KeySeedByProfile" >> beam.Map(lambda s: (s.profile_id, s)).with_output_types(Tuple[str, Any]))
-        timed = AudienceSet.from_config(self._config).event_retention_ms != 0
+        timed = AudienceSet.from_config(self._config).timed
         fn = (_TimedExportProfileChangesFn if timed else _ExportProfileChangesFn)(self._config, self._until_ms)
         return keyed | "EvaluateAndDiff" >> beam.ParDo(fn, **side)

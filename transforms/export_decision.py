@@ -1,4 +1,5 @@
-"""When a profile is exported and which records it gets (SPEC 6 points 1-4).
+"""When a profile is exported and which records it gets (SPEC 6 points 1-4, and the activation
+controls: trigger switches, upload expiry, consent opt-out and opt-in records).
 
 Given the memberships before and after an update (or timer), whether the identity map changed
 and whether a mapped attribute was written, ``ExportDecider.decide`` names the records to emit:
@@ -11,20 +12,24 @@ dotted segments (``person.nameSuffix`` is not under ``person.name``).
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, Mapping, NamedTuple, Tuple
+from typing import Dict, Iterable, Mapping, NamedTuple, Optional, Tuple
 
 from transforms.config import ExportConfig
 
 REALIZED, EXITED = "realized", "exited"
-AUDIENCE, IDENTITY, ATTRIBUTE = "audience", "identity", "attribute"
+AUDIENCE, IDENTITY, ATTRIBUTE, CONSENT, EXPIRY = "audience", "identity", "attribute", "consent", "expiry"
 
 
 class ExportPlan(NamedTuple):
     """One record to emit: its merge policy, its ``ups`` entries as ``(audience_id, status,
-    lastQualificationTime ms)`` in config order, and the trigger kinds that produced it."""
+    lastQualificationTime ms)`` in config order, every trigger that holds for it (in the order
+    audience, identity, attribute, consent, expiry: a record a mapped audience's change causes
+    also lists an identity change or a mapped attribute write of the same update) and whether it carries the mapped
+    attributes (an opt-out record does not)."""
     policy_id: str
     ups: Tuple[Tuple[str, str, int], ...]
     triggers: Tuple[str, ...]
+    attributes: bool = True
 
 
 class PathMatcher:
@@ -62,13 +67,24 @@ class PathMatcher:
 
 
 class ExportDecider:
+    """Section 6's triggers and records, with the activation controls: triggers switched off
+    (``activation.triggers``) never export nor show; an exit of an upload audience at its
+    ``expires_at`` is an ``expiry``, not an ``audience`` change; ``opt_out``/``opt_in`` give
+    the consent records."""
+
     def __init__(self, config: ExportConfig):
         self._policy_of = {a.id: a.merge_policy for a in config.audiences}
         self._mapped = tuple(m.id for m in config.mapping.audiences)
         self._policy_audiences: Dict[str, Tuple[str, ...]] = {}
         for a in config.audiences:
             self._policy_audiences[a.merge_policy] = self._policy_audiences.get(a.merge_policy, ()) + (a.id,)
+        self._policy_mapped = {pid: tuple(a for a in ids if a in self._mapped)
+                               for pid, ids in self._policy_audiences.items()}
         self._policy_order = {p.id: i for i, p in enumerate(config.merge_policies)}
+        self._identity_on = IDENTITY in config.activation.triggers
+        self._attribute_on = ATTRIBUTE in config.activation.triggers
+        self._expiries = {a.id: a.upload.expires_at_ms for a in config.audiences
+                          if a.upload is not None and a.upload.expires_at_ms is not None}
         # whether a written path is at, under or above a mapped attribute path
         self.mapped_attributes = PathMatcher(config.mapping.attributes)
 
@@ -78,27 +94,60 @@ class ExportDecider:
         """``before``/``after``: ``{audience_id: lastQualificationTime ms}`` of the audiences the
         profile is realized in; an exit is stamped ``now_ms``."""
         policy_of = self._policy_of
+        identities_changed = identities_changed and self._identity_on
+        attribute_written = attribute_written and self._attribute_on
         changed = [] if before is after else [a for a in self._mapped if (a in before) != (a in after)]
         touched = identities_changed or attribute_written
         if not changed and not touched:
             return ()
-        triggers: Dict[str, list] = {}
+        changes: Dict[str, list] = {}    # per policy with a record: its audience / expiry changes
+        expiries = self._expiries
         for a in changed:
-            triggers.setdefault(policy_of[a], [AUDIENCE])
+            kind = EXPIRY if expiries and a in expiries and now_ms >= expiries[a] else AUDIENCE
+            have = changes.setdefault(policy_of[a], [])
+            if kind not in have:
+                have.append(kind)
+        # (b) and (c) hold only for the policies whose mapped audiences the profile is realized in
+        touched_kinds: Tuple[str, ...] = ()
+        touched_policies = set()
         if touched:
-            kinds = [k for k, on in ((IDENTITY, identities_changed), (ATTRIBUTE, attribute_written)) if on]
+            touched_kinds = tuple(k for k, on in ((IDENTITY, identities_changed), (ATTRIBUTE, attribute_written)) if on)
             for a in self._mapped:
                 if a in after:
-                    pid = policy_of[a]
-                    have = triggers.setdefault(pid, [])
-                    if kinds[0] not in have:
-                        have.extend(kinds)
-        if not triggers:
+                    touched_policies.add(policy_of[a])
+                    changes.setdefault(policy_of[a], [])
+        if not changes:
             return ()
         exited = {a for a in changed if a not in after}
         plans = []
-        for pid in sorted(triggers, key=self._policy_order.__getitem__):
+        for pid in sorted(changes, key=self._policy_order.__getitem__):
             ups = tuple((a, REALIZED, after[a]) if a in after else (a, EXITED, now_ms)
                         for a in self._policy_audiences[pid] if a in after or a in exited)
-            plans.append(ExportPlan(pid, ups, tuple(triggers[pid])))
+            have = changes[pid]
+            triggers = (((AUDIENCE,) if AUDIENCE in have else ()) + (touched_kinds if pid in touched_policies else ())
+                        + ((EXPIRY,) if EXPIRY in have else ()))
+            plans.append(ExportPlan(pid, ups, triggers))
         return tuple(plans)
+
+    @property
+    def policy_ids(self) -> Tuple[str, ...]:
+        """The merge policies of the audiences, in config order."""
+        return tuple(sorted(self._policy_audiences, key=self._policy_order.__getitem__))
+
+    def opt_out(self, before: Mapping[str, int], policy_id: str, now_ms: int) -> Optional[ExportPlan]:
+        """The record of a profile that stops consenting under a policy: the mapped audiences
+        of the policy it was realized in before, as exited at ``now_ms``, no attributes; None
+        when there were none (the destination holds nothing of it)."""
+        ups = tuple((a, EXITED, now_ms) for a in self._policy_mapped.get(policy_id, ()) if a in before)
+        return ExportPlan(policy_id, ups, (CONSENT,), False) if ups else None
+
+    def opt_in(self, after: Mapping[str, int], policy_id: str, now_ms: int) -> Optional[ExportPlan]:
+        """The record of a profile that starts consenting under a policy: its mapped audiences
+        of the policy as realized at ``now_ms``, its unmapped ones with their own times; None
+        when it is in no mapped audience of the policy."""
+        mapped = self._policy_mapped.get(policy_id, ())
+        if not any(a in after for a in mapped):
+            return None
+        ups = tuple((a, REALIZED, now_ms if a in mapped else after[a])
+                    for a in self._policy_audiences[policy_id] if a in after)
+        return ExportPlan(policy_id, ups, (CONSENT,))

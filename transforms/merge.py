@@ -155,11 +155,11 @@ def _store(paths: Dict[str, Entry], path: str, entry: Entry) -> bool:
             if above[2] is not None:        # an older leaf is replaced by this subtree
                 del paths[path[:cut]]
         cut = path.rfind(".", 0, cut)
-    if old is None:
+    if old is None or old[2] is None:       # entries under a path live beside a delete of it
         under = path + "."
         for stale in [p for p, e in paths.items() if e[0] <= ts and p.startswith(under)]:
             del paths[stale]
-    else:
+    if old is not None:
         del paths[path]                     # re-inserted last: dict order is arrival order
     paths[path] = entry
     return old is None or old[2] != entry[2]
@@ -244,8 +244,10 @@ class MergePolicies:
 def merge_identities(identities: Dict[str, Tuple[str, ...]], added: Mapping[str, Iterable[str]],
                      removed: Mapping[str, Iterable[str]]) -> bool:
     """Union ``added`` into ``identities`` and take ``removed`` out, in place; True when the
-    identity map changed (adding an id already held is no change). Identities are a union over
-    all datasets under every policy, applied in arrival order."""
+    identity map changed (adding an id already held is no change, nor adding one that the same
+    update removes). Identities are a union over all datasets under every policy, applied in
+    arrival order: an update's additions, then its removals."""
+    before = dict(identities) if added and removed else None
     changed = False
     for ns, ids in added.items():
         held = identities.get(ns, ())
@@ -264,4 +266,4 @@ def merge_identities(identities: Dict[str, Tuple[str, ...]], added: Mapping[str,
                     identities[ns] = kept
                 else:
                     del identities[ns]
-    return changed
+    return changed if before is None else identities != before

@@ -14,6 +14,12 @@
   the first evaluation, also after seeding, so a seeded profile is always evaluated once).
 - ``timer_ms``: when the pending time-window timer is due (``None``: no timer).
 - ``seq``: the arrival counter that breaks timestamp ties between datasets of equal rank.
+- ``consents``: the merge policies under which the profile consents (``activation.consent``;
+  ``None`` until evaluated: a profile without state does not consent yet).
+- ``sequences``: ``{policy_id: records exported}`` (``include_export_metadata``; ``None``
+  before the first).
+
+The last two are encoded only when set, so a config without them stores what it always did.
 
 The encoding (``encode``/``decode``) is a marshal of a flat tuple: as compact as pickle 5
 (~570 bytes for six attributes, two identities, three events, two audiences), 20% faster to
@@ -26,7 +32,7 @@ import bisect
 import marshal
 import pickle
 from operator import itemgetter
-from typing import Any, Collection, Dict, List, Optional, Tuple
+from typing import Any, Collection, Dict, FrozenSet, List, Optional, Tuple
 
 from transforms.merge import Datasets, MergePolicies, attribute_leaves, merge_identities
 from transforms.model import ProfileUpdate, SnapshotProfile
@@ -37,13 +43,14 @@ _EVENT_TIME = itemgetter("timestamp")
 
 class ProfileState:
     __slots__ = ("seq", "view", "stamps", "datasets", "identities", "events", "realized",
-                 "evaluated_ms", "timer_ms")
+                 "evaluated_ms", "timer_ms", "consents", "sequences")
 
     def __init__(self, seq: int = 0, view: Optional[dict] = None, stamps: Optional[Dict[str, int]] = None,
                  datasets: Optional[Datasets] = None,
                  identities: Optional[Dict[str, Tuple[str, ...]]] = None,
                  events: Optional[List[dict]] = None, realized: Optional[Dict[str, int]] = None,
-                 evaluated_ms: Optional[int] = None, timer_ms: Optional[int] = None):
+                 evaluated_ms: Optional[int] = None, timer_ms: Optional[int] = None,
+                 consents: Optional[FrozenSet[str]] = None, sequences: Optional[Dict[str, int]] = None):
         self.seq = seq
         self.view = {} if view is None else view
         self.stamps = {} if stamps is None else stamps
@@ -53,6 +60,8 @@ class ProfileState:
         self.realized = {} if realized is None else realized
         self.evaluated_ms = evaluated_ms
         self.timer_ms = timer_ms
+        self.consents = consents
+        self.sequences = sequences
 
     @classmethod
     def from_snapshot(cls, snapshot: SnapshotProfile, policies: MergePolicies,
@@ -108,6 +117,8 @@ class ProfileState:
 def encode(state: ProfileState) -> bytes:
     fields = (state.seq, state.view, state.stamps, state.datasets, state.identities, state.events,
               state.realized, state.evaluated_ms, state.timer_ms)
+    if state.consents is not None or state.sequences:
+        fields += (state.consents, state.sequences)
     try:
         return _MARSHAL + marshal.dumps(fields, 4)
     except ValueError:

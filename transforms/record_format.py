@@ -77,6 +77,11 @@ def _pick(view: Mapping[str, Any], tree: Dict[str, Optional[dict]]) -> dict:
     return out
 
 
+def export_id(profile_id: str, policy_id: str, part: str) -> str:
+    """The ``_export.id`` of a record: lower-case hex SHA-256 of ``profileId/policy/part``."""
+    return hashlib.sha256(f"{profile_id}/{policy_id}/{part}".encode()).hexdigest()
+
+
 class RecordFormatter:
     def __init__(self, config: ExportConfig):
         dest = config.destination
@@ -109,9 +114,10 @@ class RecordFormatter:
         return self._tree
 
     def format(self, view: Mapping[str, Any], ups: Iterable[Tuple[str, str, int]],
-               identities: Mapping[str, Sequence[str]]) -> bytes:
+               identities: Mapping[str, Sequence[str]], metadata: str = "") -> bytes:
         """Compact UTF-8 JSON: mapped attributes present on ``view``, ``segmentMembership``
-        with ``ups`` as ``(audience_id, status, lastQualificationTime ms)``, the identity map."""
+        with ``ups`` as ``(audience_id, status, lastQualificationTime ms)``, the identity map,
+        then ``metadata`` (``export_metadata``'s member, or nothing)."""
         head, tail = self._head, self._tail
         attributes = _pick(view, self._tree)
         parts = [encode_json(attributes)[:-1] + ',"segmentMembership":{"ups":{' if attributes
@@ -121,8 +127,16 @@ class RecordFormatter:
         parts.append('}},"identityMap":{')
         parts.append(",".join([_quote(ns) + ':[' + ",".join(['{"id":' + _quote(i) + "}" for i in ids]) + "]"
                                for ns, ids in identities.items()]))
-        parts.append("}}")
+        parts.append("}" + metadata + "}" if metadata else "}}")
         return "".join(parts).encode()
+
+    @staticmethod
+    def export_metadata(profile_id: str, policy_id: str, sequence: int, at_ms: int,
+                        triggers: Iterable[str], id_part: Optional[str] = None) -> str:
+        """``,"_export":{...}``: ``id`` is the hex SHA-256 of ``profileId/policy/<sequence or
+        id_part>``, so a record sent twice carries the same id."""
+        return (',"_export":{"id":"' + export_id(profile_id, policy_id, str(sequence) if id_part is None else id_part)
+                + f'","sequence":{sequence},"at":{at_ms},"triggers":[' + ",".join(f'"{t}"' for t in triggers) + "]}")
 
     @staticmethod
     def partition_key(profile_id: str) -> str:

@@ -1,4 +1,12 @@
-"""Deterministic sample data: Parquet snapshots, profile updates, events (tests, demo, benchmarks).
+"""``python -m pipelines.sample_data``: deterministic sample data to try the jobs on.
+
+    python -m pipelines.sample_data --profiles 1000000 --updates 200000 --events 2000000 --out DIR
+
+writes into DIR a Parquet snapshot (``snapshot.parquet``), profile updates (``updates.jsonl``),
+experience events (``events.parquet``) and a config whose audiences fit that data
+(``config.yaml``), then prints the commands that use them. The formats are those of
+docs/semantics.md. The same seed gives the same files. The demo, the tests and the benchmarks use
+these functions too.
 
 Columns are built with numpy and pyarrow compute (no per-row Python) so a 1M-profile snapshot takes
 one to two seconds.
@@ -6,7 +14,9 @@ one to two seconds.
 from __future__ import annotations
 
 import json
-from typing import Dict, List
+import os
+import sys
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -90,33 +100,9 @@ def write_snapshot(path: str, n_profiles: int, seed: int = 7, with_membership: b
     return path
 
 
-EVENT_TYPES = ["commerce.purchases", "web.visit", "web.search"]
-
-
-def write_events(path: str, n_events: int, n_profiles: int, seed: int = 13, days: int = 60,
-                 row_group_size: int = 262144) -> str:
-    """Experience events (SPEC 4 ``--events``, Parquet) for ``p-0 .. p-(n_profiles-1)`` in
-    random profile order: ``timestamp`` within ``days`` before BASE_MS, ``eventType``, and an
-    ``amount`` on purchases; written a row group at a time (bounded memory at any size)."""
-    rng = np.random.default_rng(seed)
-    schema = pa.schema([("profileId", pa.string()), ("timestamp", pa.timestamp("ms", tz="UTC")),
-                        ("eventType", pa.string()), ("amount", pa.float64())])
-    with pq.ParquetWriter(path, schema) as writer:
-        for start in range(0, n_events, row_group_size):
-            n = min(row_group_size, n_events - start)
-            kind = rng.integers(0, len(EVENT_TYPES), n)
-            amount = rng.integers(5, 400, n).astype(np.float64)   # whole amounts: exact sums in any order
-            writer.write_table(pa.table({
-                "profileId": _numbered("p-", rng.integers(0, n_profiles, n)),
-                "timestamp": pa.array(BASE_MS - rng.integers(0, days * 86_400_000, n), pa.timestamp("ms", tz="UTC")),
-                "eventType": pa.array(EVENT_TYPES).take(pa.array(kind)),
-                "amount": pa.array(amount, mask=kind != 0)}, schema=schema))
-    return path
-
-
 def make_updates(n: int, n_profiles: int = 1000, seed: int = 11, start_ms: int = BASE_MS,
                  step_ms: int = 60_000) -> List[dict]:
-    """Update documents (SPEC 4 JSON) touching ``n_profiles`` profiles in time order: attribute
+    """Update documents (JSON, docs/semantics.md) touching ``n_profiles`` profiles in time order: attribute
     writes (mapped and unmapped), identities, and purchase events."""
     rng = np.random.default_rng(seed)
     profiles = rng.integers(0, n_profiles, n)
@@ -160,3 +146,103 @@ def write_avro_updates(path: str, updates: List[dict]) -> str:
     with open(path, "wb") as f:
         fastavro.writer(f, fastavro.parse_schema(load_schema("profile_update.avsc")), records)
     return path
+
+
+EVENT_TYPES = ["commerce.purchases", "web.webpagedetails.pageViews"]
+
+
+def events_table(n: int, n_profiles: int, seed: int = 13, end_ms: int = BASE_MS, days: int = 60) -> pa.Table:
+    """``n`` experience events of ``n_profiles`` profiles over the ``days`` before ``end_ms``, one
+    row each: ``profileId``, ``timestamp``, ``eventType`` and, for purchases,
+    ``commerce.order.priceTotal``."""
+    rng = np.random.default_rng(seed)
+    profile_id = _numbered("p-", rng.integers(0, max(n_profiles, 1), n))
+    timestamp = pa.array(end_ms - rng.integers(0, days * 86_400_000, n), pa.timestamp("ms", tz="UTC"))
+    kind = rng.integers(0, len(EVENT_TYPES), n)
+    event_type = pa.array(EVENT_TYPES).take(pa.array(kind))
+    price = pa.array(rng.integers(500, 40_000, n) / 100.0, mask=kind != 0)
+    order = pa.StructArray.from_arrays([price], ["priceTotal"])
+    commerce = pa.StructArray.from_arrays([order], ["order"], mask=pa.array(kind != 0))
+    return pa.table({"profileId": profile_id, "timestamp": timestamp, "eventType": event_type,
+                     "commerce": commerce})
+
+
+def write_events(path: str, n: int, n_profiles: int, seed: int = 13, row_group_size: int = 1 << 20) -> str:
+    pq.write_table(events_table(n, n_profiles, seed), path, row_group_size=row_group_size)
+    return path
+
+
+def sample_config(stream: str = "profile-exports", region: str = "us-east-2",
+                  endpoint_url: Optional[str] = None) -> dict:
+    """A config whose audiences fit the generated data: two on attributes (one per merge policy),
+    two on events (they need ``--events`` in a backfill)."""
+    destination = {"name": "Kinesis - sample data", "region": region, "stream": stream}
+    if endpoint_url:
+        destination["endpoint_url"] = endpoint_url
+    destination.update(include_segment_names=True, dead_letter="./dead-letter")
+    return {
+        "destination": destination,
+        "mapping": {
+            "attributes": ["person.name.firstName", "person.name.lastName", "person.birthDate",
+                           "personalEmail.address"],
+            "audiences": [{"id": a} for a in ("aud-delorean", "aud-gold", "aud-frequent-buyers",
+                                               "aud-big-spenders")],
+        },
+        "merge_policies": [
+            {"id": "mp-default", "type": "timestamp_ordered", "default": True},
+            {"id": "mp-crm-first", "type": "dataset_precedence", "datasets": ["crm"]},
+        ],
+        "audiences": [
+            {"id": "aud-delorean", "name": "Customer with DeLorean Cars",
+             "rule": 'vehicle.make = "DeLorean" and person.birthDate < date("1990-01-01")'},
+            {"id": "aud-gold", "name": "Gold and platinum members", "merge_policy": "mp-crm-first",
+             "rule": 'loyalty.tier in ["gold", "platinum"] and loyalty.points >= 5000'},
+            {"id": "aud-frequent-buyers", "name": "Two purchases or more in 30 days",
+             "rule": 'xEvent[eventType = "commerce.purchases" and timestamp occurs <= 30 days before now]'
+                     '.count() >= 2'},
+            {"id": "aud-big-spenders", "name": "Purchased over 500 in the last 7 days",
+             "rule": 'xEvent[eventType = "commerce.purchases" and timestamp occurs <= 7 days before now]'
+                     '.sum(commerce.order.priceTotal) > 500'},
+        ],
+    }
+
+
+def write_config(path: str, **kwargs) -> str:
+    import yaml
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(sample_config(**kwargs), f, sort_keys=False)
+    return path
+
+
+def generate(out: str, profiles: int, updates: int, events: int, seed: int = 7,
+             stream: str = "profile-exports", endpoint_url: Optional[str] = None) -> Dict[str, str]:
+    """Write the sample files into ``out``; returns their paths by kind."""
+    os.makedirs(out, exist_ok=True)
+    paths = {"snapshot": write_snapshot(os.path.join(out, "snapshot.parquet"), profiles, seed, with_membership=True),
+             "updates": write_jsonl_updates(os.path.join(out, "updates.jsonl"),
+                                            make_updates(updates, profiles, seed=seed + 4))}
+    if events:
+        paths["events"] = write_events(os.path.join(out, "events.parquet"), events, profiles, seed=seed + 6)
+    paths["config"] = write_config(os.path.join(out, "config.yaml"), stream=stream, endpoint_url=endpoint_url)
+    return paths
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m pipelines.sample_data", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="directory to write into (created if needed)")
+    parser.add_argument("--profiles", type=int, default=10_000, help="profiles in the snapshot")
+    parser.add_argument("--updates", type=int, default=10_000, help="lines of profile updates")
+    parser.add_argument("--events", type=int, default=20_000, help="experience events (0: no events file)")
+    parser.add_argument("--seed", type=int, default=7, help="random seed")
+    parser.add_argument("--stream", default="profile-exports", help="Kinesis stream named in the config")
+    parser.add_argument("--endpoint_url", help="Kinesis endpoint named in the config (default: AWS)")
+    args = parser.parse_args(argv)
+    paths = generate(args.out, args.profiles, args.updates, args.events, args.seed, args.stream, args.endpoint_url)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
