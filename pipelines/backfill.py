@@ -117,7 +117,7 @@ def run(argv: Sequence[str]) -> int:
     per_policy = ", ".join(f"{p.id}: {metric_total(result, 'records_' + p.id, 'backfill')}"
                            for p in config.merge_policies)
     dead = metric_total(result, "records_dead_lettered")
-    bad_inputs = metric_total(result, "input_dead_letters_written")
+    bad_inputs = metric_total(result, "input_dead_letters")   # counted where found
     print(f"backfill as of {format_qualification_time(as_of_ms)}: {profiles} profiles read; members {per_audience}; "
           f"records {per_policy}; {dead} records dead-lettered; {bad_inputs} bad input rows or files dead-lettered",
           file=sys.stderr)

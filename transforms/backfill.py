@@ -44,7 +44,7 @@ from apache_beam.metrics import Metrics
 from transforms.arrow_text import concat as _concat, json_escaped, python_where as _python_where
 from transforms.audiences import AudienceSet, compile_consent
 from transforms.config import ExportConfig
-from transforms.event_join import EventPlan, _EventContributionsFn, default_buckets, from_ipc, split_by_bucket
+from transforms.event_join import EventContributions, EventPlan, default_buckets, from_ipc, split_by_bucket
 from transforms.model import DeadLetter, ExportRecordBatch
 from transforms.record_format import MAX_PARTITION_KEY_CHARS, RecordFormatter, encode_json, export_id
 from transforms.snapshot import (DEAD_LETTER, RESERVED, ReadParquetRowGroups, check_files, drop_nulls,
@@ -320,6 +320,7 @@ class _ExportFn(beam.DoFn):
 
 
 def _unreadable(path: str, row_group: int, e: Exception) -> beam.pvalue.TaggedOutput:
+    Metrics.counter("backfill", "input_dead_letters").inc()
     return beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(f"--snapshot: cannot read: {e}", path,
                                                             f"row group {row_group}", ""))
 
@@ -416,18 +417,14 @@ class ExportSnapshot(beam.PTransform):
             out = work | "EvaluateAndFormat" >> beam.ParDo(_ExportRowGroupFn(*args)).with_outputs(
                 DEAD_LETTER, main="records")
         else:
-            events = pbegin | "EventFiles" >> ReadParquetRowGroups(self._events, "--events")
-            contributions = (events.work
-                             | "SpreadEventGroups" >> beam.Reshuffle()
-                             | "EventContributions" >> beam.ParDo(_EventContributionsFn(
-                                 (self._config, self._as_of_ms), self._buckets, self._batch_size)
-                             ).with_outputs(DEAD_LETTER, main="pieces"))
+            events = pbegin | "EventContributions" >> EventContributions(
+                self._config, self._events, self._as_of_ms, self._buckets, self._batch_size)
             pieces = work | "SnapshotPieces" >> beam.ParDo(_SnapshotPiecesFn(
                 self._columns, self._buckets, self._batch_size)).with_outputs(DEAD_LETTER, main="pieces")
-            joined = ({"snapshot": pieces.pieces, "events": contributions.pieces}
+            joined = ({"snapshot": pieces.pieces, "events": events["pieces"]}
                       | "JoinByBucket" >> beam.CoGroupByKey())
             out = joined | "EvaluateAndFormat" >> beam.ParDo(_JoinBucketFn(*args)).with_outputs(
                 DEAD_LETTER, main="records")
-            dead += [events.dead_letter, contributions.dead_letter, pieces.dead_letter]
+            dead += [events["dead_letter"], pieces.dead_letter]
         dead.append(out.dead_letter)
         return {"records": out.records, "dead_letter": tuple(dead) | "DeadLetters" >> beam.Flatten()}

@@ -47,7 +47,7 @@ from apache_beam.metrics import Metrics
 from transforms.audiences import AudienceSet
 from transforms.model import DeadLetter
 from transforms.rules import AudienceRule, Events, as_number, compile_node, walk
-from transforms.snapshot import DEAD_LETTER, drop_nulls, read_row_group, times_ms
+from transforms.snapshot import DEAD_LETTER, ReadParquetRowGroups, drop_nulls, read_row_group, times_ms
 from transforms.timeutil import parse_timestamp_ms
 from transforms.vectorized import compile_vectorized
 
@@ -268,7 +268,7 @@ class _EventContributionsFn(beam.DoFn):
     def __init__(self, plan_args: tuple, buckets: int, batch_size: int):
         self._plan_args, self._buckets, self._batch_size = plan_args, buckets, batch_size
         self._read = Metrics.counter("backfill", "events_read")
-        self._dead = Metrics.counter("backfill", "events_dead_lettered")
+        self._dead = Metrics.counter("backfill", "input_dead_letters")
 
     def setup(self):
         config, as_of_ms = self._plan_args
@@ -290,6 +290,7 @@ class _EventContributionsFn(beam.DoFn):
                 for batch in table.to_batches():
                     yield from split_by_bucket(batch, self._buckets)
         except (OSError, ValueError, pa.ArrowException) as e:
+            self._dead.inc()
             where = "" if row_group is None else f"row group {row_group}"
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(f"--events: cannot read: {e}", path, where or None, ""))
 
@@ -319,3 +320,22 @@ class _EventContributionsFn(beam.DoFn):
                     rows, dead = [], []
         table, bad = self._plan.contributions_of_rows(rows, path)
         yield table, dead + bad
+
+
+class EventContributions(beam.PTransform):
+    """An events glob -> ``{"pieces": (bucket, IPC blob) contributions, "dead_letter": ...}``:
+    files and row groups expanded by the workers, each read with the columns the event
+    conditions need."""
+
+    def __init__(self, config, pattern: str, as_of_ms: int, buckets: int, batch_size: int):
+        super().__init__()
+        self._fn = _EventContributionsFn((config, as_of_ms), buckets, batch_size)
+        self._pattern = pattern
+
+    def expand(self, pbegin):
+        files = pbegin | "EventFiles" >> ReadParquetRowGroups(self._pattern, "--events")
+        out = (files.work
+               | "SpreadEventGroups" >> beam.Reshuffle()
+               | "Contributions" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER, main="pieces"))
+        return {"pieces": out.pieces,
+                "dead_letter": (files.dead_letter, out.dead_letter) | "EventDeadLetters" >> beam.Flatten()}

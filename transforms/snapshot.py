@@ -7,7 +7,7 @@ export) and XDM attributes as further (nested struct) columns.
 Reading scales with the files, not the launcher: ``ReadParquetRowGroups`` expands the glob and
 lists each file's row groups inside the pipeline (a step per file, spread over workers), and
 each row group is read by the step that uses it, with only the columns it needs
-(``snapshot_columns``). Before the job starts the launcher only lists the glob once and opens
+(``backfill.snapshot_columns``). Before the job starts the launcher only lists the glob once and opens
 the first file (``check_files``), so a wrong path or a non-Parquet file is still one line; a
 bad file found later by a worker goes to the input dead letter with its reason.
 
@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 
 from transforms.arrow_text import concat, joined_bytes
 from transforms.errors import UserError
@@ -101,17 +102,6 @@ def iter_snapshot_batches(pattern: str, batch_size: int = 65536) -> Iterator[pa.
     return (batch for f in files for batch in f.iter_batches(batch_size=batch_size))
 
 
-def iter_file_batches(path: str, batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
-    yield from open_parquet(path).iter_batches(batch_size=batch_size)
-
-
-def snapshot_columns(schema: pa.Schema, needed: Iterable[str]) -> List[str]:
-    """The columns to read: the reserved ones and the top-level names of ``needed`` paths
-    (rules' attribute paths, mapped attributes) that the file has."""
-    wanted = set(RESERVED) | {path.split(".")[0] for path in needed}
-    return [name for name in schema.names if name in wanted]
-
-
 # ---- reading inside the pipeline ----------------------------------------------------------------
 
 class _RowGroupsFn(beam.DoFn):
@@ -120,6 +110,7 @@ class _RowGroupsFn(beam.DoFn):
 
     def __init__(self, flag: str):
         self._flag = flag
+        self._bad = Metrics.counter("inputs", "input_dead_letters")
 
     def process(self, path: str):
         if not is_parquet(path) and self._flag == "--events":
@@ -128,6 +119,7 @@ class _RowGroupsFn(beam.DoFn):
         try:
             meta = _open(path, self._flag).metadata
         except (ValueError, OSError) as e:
+            self._bad.inc()
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(f"{self._flag}: {e}", path, None, ""))
             return
         first = 0
