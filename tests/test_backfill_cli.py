@@ -124,7 +124,7 @@ def test_backfill_with_events_and_selected_audiences(job):
     d, snapshot = job
     out = d / "out-events"
     events = d / "events-all.jsonl"
-    bad = ['not json', json.dumps({"timestamp": "2024-04-20T10:00:00Z", "eventType": "commerce.purchases"}),
+    bad = ['[1]', json.dumps({"timestamp": "2024-04-20T10:00:00Z", "eventType": "commerce.purchases"}),
            json.dumps({"profileId": "p-1", "timestamp": "later", "eventType": "commerce.purchases"})]
     later = json.dumps({"profileId": "p-1", "timestamp": "2024-05-02T00:00:00Z", "eventType": "commerce.purchases"})
     events.write_text((d / "events.jsonl").read_text() + "\n".join(bad + [later]) + "\n")

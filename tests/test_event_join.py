@@ -160,7 +160,7 @@ def test_pipeline_joins_events_from_files_and_dead_letters_bad_rows(tmp_path):
     with open(tmp_path / "events-2.jsonl", "w") as f:
         for e in flat[half:]:
             f.write(json.dumps(e) + "\n")
-        f.write('{"profileId": "p-1", "timestamp": "soon"}\n')
+        f.write('{"profileId": "p-1", "timestamp": "soon"}\n{oops\n')
     audiences = AudienceSet.from_config(cfg)
     memberships = streaming_members(audiences, rows, events, NOW, 3)
     selected = [a for a, _ in RULES]
@@ -178,5 +178,6 @@ def test_pipeline_joins_events_from_files_and_dead_letters_bad_rows(tmp_path):
                     | beam.Map(lambda r: (r.partition_key, json.loads(r.data))), equal_to(expected), label="Records")
         assert_that(out["dead_letter"] | beam.Map(lambda d: (d.reason, d.source.rsplit("/", 1)[-1], d.position)),
                     equal_to([("--events: no 'profileId'", "events-1.parquet", f"row {half + 1}"),
-                              ("--events: no readable 'timestamp'", "events-2.jsonl", f"line {len(flat) - half + 1}")]),
+                              ("--events: no readable 'timestamp'", "events-2.jsonl", f"line {len(flat) - half + 1}"),
+                              ("--events: not valid JSON", "events-2.jsonl", f"line {len(flat) - half + 2}")]),
                     label="DeadLetters")

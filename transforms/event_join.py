@@ -307,11 +307,11 @@ class _EventContributionsFn(beam.DoFn):
                     continue
                 try:
                     row = json.loads(line)
+                    reason = None if isinstance(row, dict) else "--events: not a JSON object"
                 except ValueError:
-                    row = None
-                if not isinstance(row, dict):
-                    dead.append(DeadLetter("--events: not a JSON object", path, f"line {n}",
-                                           line.decode("utf-8", "replace").rstrip("\n")))
+                    reason = "--events: not valid JSON"
+                if reason:
+                    dead.append(DeadLetter(reason, path, f"line {n}", line.decode("utf-8", "replace").rstrip("\n")))
                     continue
                 rows.append((f"line {n}", row))
                 if len(rows) >= self._batch_size:
