@@ -62,7 +62,7 @@ def read_events(path, as_of_ms):
         try:
             row = json.loads(line)
             t = parse_timestamp_ms(row.pop("timestamp"))
-        except (ValueError, KeyError, AttributeError):
+        except (ValueError, KeyError, AttributeError, TypeError):
             continue
         if isinstance(row.get("profileId"), str) and t <= as_of_ms:
             events.setdefault(row.pop("profileId"), []).append({**row, "timestamp": t})
