@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# ./run_local.sh          the local demo (SPEC 1): venv, install, moto Kinesis, backfill, streaming replay
+# ./run_local.sh          the local demo (README.md): venv, install, moto Kinesis, backfill, streaming replay
 # ./run_local.sh test     the whole test suite
-# ./run_local.sh bench    the benchmarks of SPEC 8 (regenerates BENCHMARKS.md)
+# ./run_local.sh bench    the benchmarks of BENCHMARKS.md (regenerates BENCHMARKS.md)
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -19,5 +19,6 @@ case "${1:-demo}" in
   test)  shift; exec .venv/bin/python -m pytest -q "$@" tests ;;
   bench) shift; exec .venv/bin/python -m bench "$@" ;;
   demo)  shift || true; exec .venv/bin/python -m pipelines.demo "$@" ;;
-  *) echo "usage: $0 [test|bench|demo]" >&2; exit 2 ;;
+  -*)    exec .venv/bin/python -m pipelines.demo "$@" ;;   # demo options: --out DIR, --help, ...
+  *) echo "usage: $0 [test|bench|demo] [options]   (demo options: $0 --help)" >&2; exit 2 ;;
 esac

@@ -24,8 +24,13 @@ setuptools.setup(
     ],
     extras_require={
         # moto[server]: a real Kinesis endpoint (server mode) for tests and the local demo.
-        "test": ["pytest>=8", "moto[server]>=5"],
-        # duckdb: the reference the backfill benchmark is measured against (SPEC 8); never
+        # dask, distributed: tests run the backfill on Beam's DaskRunner against a real
+        # dask.distributed cluster (see the "dask" extra).
+        "test": ["pytest>=8", "moto[server]>=5", "dask>=2024.4.2", "distributed>=2024.4.2"],
+        # dask, distributed: the backfill on a Dask cluster (--runner DaskRunner), a distributed
+        # batch engine that needs no JVM; the versions Beam's DaskRunner supports.
+        "dask": ["dask>=2024.4.2", "distributed>=2024.4.2"],
+        # duckdb: the reference the backfill benchmark is measured against (BENCHMARKS.md); never
         # needed at run time.
         "bench": ["duckdb>=1.0"],
     },

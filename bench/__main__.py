@@ -1,4 +1,4 @@
-"""``python -m bench [--quick]`` (or ``./run_local.sh bench``): every benchmark of SPEC 8, each
+"""``python -m bench [--quick]`` (or ``./run_local.sh bench``): every benchmark, each
 against its reference measured in the same run, written to BENCHMARKS.md.
 
 Each benchmark runs in its own process (clean memory figures, no state shared between them)
@@ -18,12 +18,12 @@ FULL = {"rules": ["--profiles", "200000"], "backfill": [1_000_000], "scaling": [
         "backfill_large": ["--profiles", "10000000", "--repeat", "2"],
         "backfill_events": ["--profiles", "1000000", "--events", "10000000", "--repeat", "2"],
         "streaming": ["--updates", "50000", "--profiles", "10000", "--variant", "consent"],
-        "memory": [100_000, 300_000, 1_000_000], "latency": ["--rate", "200", "--seconds", "20"], "sink": ["--records", "100000"]}
+        "memory": [100_000, 300_000, 1_000_000], "latency": [(200, 20), (2000, 10)], "sink": ["--records", "100000", "--shards", "4,16,64", "--seconds", "10"]}
 QUICK = {"rules": ["--profiles", "50000", "--repeat", "1"], "backfill": [200_000], "scaling": [100_000],
          "backfill_large": ["--profiles", "500000", "--repeat", "1"],
          "backfill_events": ["--profiles", "100000", "--events", "1000000", "--repeat", "1"],
          "streaming": ["--updates", "10000", "--profiles", "2000", "--repeat", "1", "--variant", "consent"],
-         "memory": [20_000, 50_000], "latency": ["--rate", "200", "--seconds", "5"], "sink": ["--records", "20000", "--repeat", "1"]}
+         "memory": [20_000, 50_000], "latency": [(200, 5), (2000, 3)], "sink": ["--records", "20000", "--repeat", "1", "--shards", "4,16,64", "--seconds", "3"]}
 
 
 def run_module(module: str, *args) -> list:
@@ -91,6 +91,11 @@ def streaming_memory(rows: list, s: dict) -> list:
     return lines
 
 
+def capacity_met(c: dict) -> bool:
+    return (c["ratio"] >= 0.9 and c["cpu_us_per_record"] <= 10 and not c["out_of_order"] and not c["lost"]
+            and not c["dead_lettered"])
+
+
 def consent_cost(s: dict) -> list:
     """What ``activation.consent`` costs the streaming export (the ``consent`` variant)."""
     c = s.get("consent")
@@ -106,7 +111,8 @@ def consent_cost(s: dict) -> list:
 
 def document(results: dict, quick: bool, seconds: float) -> str:
     m = machine()
-    b, s, l, k = results["backfill"], results["streaming"], results["latency"], results["sink"]
+    b, s, k = results["backfill"], results["streaming"], results["sink"][0]
+    latencies, capacity = results["latency"], results["sink"][1:]
     big, ev = results["backfill_large"], results["backfill_events"]
     lines = [
         "# Benchmarks",
@@ -128,11 +134,14 @@ def document(results: dict, quick: bool, seconds: float) -> str:
         f"{ev['goal'].replace('<=', '≤')}x, < 2 GiB | {'yes' if ev['met'] and ev['peak_rss_mb'] < 2048 else 'no'} |",
         f"| streaming evaluate + diff + format | {fmt(s.get('export_updates_per_s'))} updates/s | bare counting DoFn "
         f"{fmt(s.get('count_per_key_updates_per_s'))} updates/s | {fmt(s.get('ratio'))} | ≥ 0.7 | {'yes' if (s.get('ratio') or 0) >= 0.7 else 'no'} |",
-        f"| end-to-end latency at {fmt(l['offered_rate_per_s'])} updates/s | p95 {fmt(l['p95_ms'])} ms | seeds' promise 600 s | | p95 < 2 s | "
-        f"{'yes' if (l['p95_ms'] or 1e9) < 2000 else 'no'} |",
-        f"| sink, {fmt(k['records'])} records | {fmt(k['sink_records_per_s'])} records/s, {fmt(k['sink_cpu_us_per_record'])} µs CPU/record | "
-        f"raw pre-built bodies {fmt(k['raw_records_per_s'])} records/s | {fmt(k['ratio'])} | ≥ 0.9 at ≤ 30 µs | "
-        f"{'yes' if k['ratio'] >= 0.9 and k['sink_cpu_us_per_record'] <= 30 else 'no'} |",
+        *[f"| end-to-end latency at {fmt(l['offered_rate_per_s'])} updates/s | p95 {fmt(l['p95_ms'])} ms | seeds' promise 600 s | | "
+          f"p95 < 2 s | {'yes' if (l['p95_ms'] or 1e9) < 2000 else 'no'} |" for l in latencies],
+        f"| sink raw efficiency, {fmt(k['records'])} records to {k['endpoint']} | {fmt(k['sink_records_per_s'])} records/s, "
+        f"{fmt(k['sink_cpu_us_per_record'])} µs CPU/record | raw pre-built requests {fmt(k['raw_records_per_s'])} records/s | "
+        f"{fmt(k['ratio'])} | ≥ 0.9 at ≤ 30 µs | {'yes' if k['ratio'] >= 0.9 and k['sink_cpu_us_per_record'] <= 30 else 'no'} |",
+        *[f"| sink shard capacity, {c['shards']} shards | {fmt(c['delivered_records_per_s'])} records/s, "
+          f"{fmt(c['cpu_us_per_record'])} µs CPU/record | {fmt(c['capacity_records_per_s'])} records/s | {fmt(c['ratio'])} | "
+          f"≥ 0.9, order kept, nothing lost, ≤ 10 µs | {'yes' if capacity_met(c) else 'no'} |" for c in capacity],
         "",
         "## Backfill",
         "",
@@ -188,30 +197,40 @@ def document(results: dict, quick: bool, seconds: float) -> str:
         "## End-to-end latency",
         "",
         "`python -m bench.latency_bench`: updates offered at a fixed rate (stamped with the wall clock as they "
-        "enter), through `ExportProfileChanges` and `KinesisWrite` to a local endpoint that notes each record's "
-        "arrival.",
+        "enter), through `ExportProfileChanges` and `KinesisWrite` (several requests in flight) to a local endpoint "
+        "that behaves like a provisioned stream of 16 shards, answers 30 ms late like a round trip to AWS, and "
+        "notes each record's arrival.",
         "",
         "```json",
-        json.dumps(l, indent=1),
+        *[json.dumps(l) for l in latencies],
         "```",
         "",
         "## Sink",
         "",
-        "`python -m bench.sink_bench`: the sink's `RecordSender` (hand-built PutRecords bodies signed by "
-        "botocore's SigV4 signer, per-key order, retry bookkeeping) and raw pre-built PutRecords bodies over one "
-        "keep-alive HTTP connection, to the same null local endpoint (it only acknowledges, so it is not what is "
-        "measured). The client and its start-up check are built before timing, as the DoFn does in `setup`.",
+        "`python -m bench.sink_bench`, two parts. Raw efficiency: kinesalite (an independent Kinesis "
+        "implementation, installed with npm into `bench/out/`; moto server without npm) receives the same records "
+        "through `KinesisWrite`'s DoFn (bodies built and signed per request, per-key order, retry bookkeeping, "
+        "requests in flight) and as raw PutRecords requests built and signed before timing, sent over as many "
+        "keep-alive connections. Both share the machine with the endpoint, so the sink's own CPU shows in its rate.",
         "",
         "```json",
-        json.dumps(k, indent=1),
+        json.dumps(k),
         "```",
         "",
-        f"The µs/record half of the goal is met; the rate ratio is missed by {fmt(round(0.9 - k['ratio'], 2))}. "
-        "The raw reference sends bodies built before timing starts, so its only cost is the socket (under "
-        "1 µs per record). The sink must build every body in Python (base64 and JSON of each record, about "
-        "1.5 µs), sign it, keep each record's retry bookkeeping and read the reply; requests go one at a time "
-        "because a request carries at most one record per partition key (per-key order). Pipelining "
-        "requests would not remove the per-record building cost, which alone keeps the ratio well under 0.9.",
+        "Shard capacity: `bench.shard_endpoint` behaves like a provisioned stream of S shards (MD5 hash-key ranges, "
+        "1,000 records/s and 1 MiB/s per shard in token buckets of one second, full at the first record like an idle "
+        "stream's, per-record "
+        "`ProvisionedThroughputExceededException` above that, every reply 30 ms late). One `KinesisWrite` "
+        "instance, driven in bundles of one second of the stream's capacity, sends S x 1,000 records/s' worth over "
+        "keys of four records each; the endpoint checks each key's order on what it accepted. The rate leaves the "
+        "idle stream's free first second out: (delivered - S x 1,000) / wall time.",
+        "",
+        "| shards | delivered records/s | capacity | ratio | client µs CPU/record | requests | throttled records | "
+        "out of order | dead-lettered | lost |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *[f"| {c['shards']} | {fmt(c['delivered_records_per_s'])} | {fmt(c['capacity_records_per_s'])} | {fmt(c['ratio'])} | "
+          f"{fmt(c['cpu_us_per_record'])} | {fmt(c['requests'])} | {fmt(c['throttled_records'])} | {fmt(c['out_of_order'])} | "
+          f"{fmt(c['dead_lettered'])} | {fmt(c['lost'])} |" for c in capacity],
         "",
         "## Rule evaluators",
         "",
@@ -232,7 +251,8 @@ def document(results: dict, quick: bool, seconds: float) -> str:
         "python -m bench.streaming_bench",
         "python -m bench.streaming_bench --memory 1000000   # under /usr/bin/time -f %M for the peak RSS",
         "python -m bench.latency_bench --rate 200 --seconds 20",
-        "python -m bench.sink_bench --records 100000",
+        "python -m bench.latency_bench --rate 2000 --seconds 10",
+        "python -m bench.sink_bench --records 100000 --shards 4,16,64 --seconds 10",
         "python -m bench.rules_bench          # rule evaluators, per profile and vectorized",
         "```",
         "",
@@ -258,9 +278,10 @@ def main(argv=None) -> int:
     results["streaming"] = run_module("bench.streaming_bench", *plan["streaming"])[-1]
     results["memory"] = [streaming_memory_run(n) for n in plan["memory"]]
     print("latency ...", file=sys.stderr, flush=True)
-    results["latency"] = run_module("bench.latency_bench", *plan["latency"])[-1]
+    results["latency"] = [run_module("bench.latency_bench", "--rate", rate, "--seconds", seconds)[-1]
+                          for rate, seconds in plan["latency"]]
     print("sink ...", file=sys.stderr, flush=True)
-    results["sink"] = run_module("bench.sink_bench", *plan["sink"])[-1]
+    results["sink"] = run_module("bench.sink_bench", *plan["sink"])  # raw efficiency, then one row per shard count
     print("rules ...", file=sys.stderr, flush=True)
     results["rules"] = [r for r in run_module("bench.rules_bench", *plan["rules"]) if "profiles_per_s" in r]
     with open(args.output, "w") as f:

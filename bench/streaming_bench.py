@@ -1,4 +1,4 @@
-"""Streaming evaluation, diff and formatting throughput (SPEC 8), against a bare counting DoFn.
+"""Streaming evaluation, diff and formatting throughput (BENCHMARKS.md), against a bare counting DoFn.
 
 ``python -m bench.streaming_bench [--updates N --profiles K]`` runs, in the same process and on
 the same runner (``BundleBasedDirectRunner``, the fastest local runner for keyed state), the

@@ -1,4 +1,4 @@
-"""The runnable jobs (SPEC 2): backfill, streaming, replay, validate, and the local demo."""
+"""The runnable jobs (docs/semantics.md#command-lines): backfill, streaming, replay, validate, and the local demo."""
 import logging
 
 

@@ -1,7 +1,8 @@
-"""``python -m pipelines.backfill``: export a Parquet snapshot's qualified profiles (SPEC 2, 6).
+"""``python -m pipelines.backfill``: export a Parquet snapshot's qualified profiles
+(docs/semantics.md, "Backfill").
 
     python -m pipelines.backfill --config CONFIG --snapshot GLOB [--events GLOB]
-                                 [--audiences ID,ID] [--as_of ISO8601] [--output kinesis|PATH]
+                                 [--audiences ID,ID] [--as_of ISO8601] [--output kinesis|DIR]
 
 Without ``--runner`` the job runs on the DirectRunner's FnApiRunner in ``multi_threading`` mode
 with one worker thread per core: the pipeline is one fused stage over row groups whose work is
@@ -26,26 +27,34 @@ from typing import List, Optional, Sequence, Tuple
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from pipelines.common import (ExportJobOptions, check_output, cli_main, default_runner,
-                              load_job_config, metric_total, parse_time_option, require, write_output)
+from pipelines.common import (KINESIS, ConfigOptions, ExportJobOptions, ProgressOptions, check_output, cli_main,
+                              count, default_runner, job_counts, load_job_config, metric_total, parse_command_line,
+                              parse_time_option, rate, require, run_pipeline, write_output)
+from transforms import progress
 from transforms.audiences import AudienceSet
 from transforms.backfill import ExportSnapshot
 from transforms.config import ExportConfig
-from transforms.errors import UserError
 from transforms.dead_letter import WriteDeadLetters
+from transforms.errors import UserError
+from transforms.snapshot import match_files, open_parquet
 from transforms.timeutil import format_qualification_time, now_ms
 
 
 class BackfillOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--snapshot", help="Parquet snapshot glob (one row per profile)")
-        parser.add_argument("--events", help="experience events glob (Parquet or JSONL) for event rules")
-        parser.add_argument("--audiences", help="comma-separated mapped audience ids (default: all mapped)")
-        parser.add_argument("--as_of", help="evaluation time, ISO-8601 (default: now)")
-        parser.add_argument("--batch_size", type=int, default=131072, help="rows per record batch")
-        parser.add_argument("--join_buckets", type=int, default=None,
+        parser.add_argument("--snapshot", metavar="GLOB", help="Parquet snapshot files, one row per profile (required)")
+        parser.add_argument("--events", metavar="GLOB", help="experience events (Parquet or JSONL) for event rules")
+        parser.add_argument("--audiences", metavar="ID,ID", help="mapped audiences to export (default: all mapped)")
+        parser.add_argument("--as_of", metavar="ISO8601", help="evaluation time (default: now)")
+        parser.add_argument("--batch_size", type=int, default=131072, metavar="ROWS", help="rows per record batch")
+        parser.add_argument("--join_buckets", type=int, default=None, metavar="N",
                             help="hash buckets of the event join (default: one per 32 MiB of input files)")
+
+
+SUMMARY = "Export the profiles of a Parquet snapshot that qualify for the mapped audiences, as of one time."
+USAGE = ("--config CONFIG --snapshot GLOB [--events GLOB] [--audiences ID,ID] [--as_of ISO8601] "
+         "[--output kinesis|DIR [--overwrite]] [Beam options]")
 
 
 def select_audiences(config: ExportConfig, requested: Optional[str], has_events: bool) -> Tuple[List[str], List[str]]:
@@ -72,19 +81,23 @@ def build(pipeline: beam.Pipeline, config: ExportConfig, options: PipelineOption
     """Wire the backfill; returns the selected audiences and ``as_of``. User errors are raised
     here, before anything runs."""
     opts = options.view_as(BackfillOptions)
-    output = options.view_as(ExportJobOptions).output
+    job = options.view_as(ExportJobOptions)
+    output = job.output
     as_of_ms = parse_time_option(opts.as_of, "--as_of")
     as_of_ms = now_ms() if as_of_ms is None else as_of_ms
     selected, skipped = select_audiences(config, opts.audiences, bool(opts.events))
     export = ExportSnapshot(config, require(opts.snapshot, "--snapshot"), selected, as_of_ms, opts.events,
                             batch_size=opts.batch_size, buckets=opts.join_buckets)
-    check_output(config, output)
+    check_output(config, output, job.overwrite)
     if skipped:
         print(f"backfill: skipping audiences whose rules need events (give --events): {', '.join(skipped)}",
               file=sys.stderr)
     out = pipeline | "ExportSnapshot" >> export
-    write_output(out["records"], config, output, live=False)
-    out["dead_letter"] | "InputDeadLetters" >> WriteDeadLetters(config.destination.dead_letter)
+    written = write_output(out["records"], config, output, live=False)
+    dead_lettered = (count(out["dead_letter"], progress.INPUTS_DEAD_LETTERED)
+                     | "InputDeadLetters" >> WriteDeadLetters(config.destination.dead_letter))
+    # one leaf that depends on both writes: Beam's DaskRunner computes only the last step's graph
+    (written, dead_lettered) | "Done" >> beam.Flatten()
     return selected, as_of_ms
 
 
@@ -104,24 +117,49 @@ def local_defaults(options: PipelineOptions, argv: Sequence[str]) -> None:
 
 
 def run(argv: Sequence[str]) -> int:
+    parse_command_line(argv, "python -m pipelines.backfill", USAGE, SUMMARY,
+                       [ConfigOptions, ExportJobOptions, BackfillOptions, ProgressOptions])
     options = PipelineOptions(argv)
     require(options.view_as(BackfillOptions).snapshot, "--snapshot")
     config = load_job_config(options)
     local_defaults(options, argv)
     pipeline = beam.Pipeline(options=options)
     selected, as_of_ms = build(pipeline, config, options)
-    result = pipeline.run()
-    result.wait_until_finish()
-    profiles = metric_total(result, "profiles", "backfill")
+    total = snapshot_rows(options.view_as(BackfillOptions).snapshot)
+    result = run_pipeline(pipeline, options, lambda counts, elapsed: report_progress(counts, elapsed, total))
+    counts = job_counts(result, (progress.RECORDS, progress.RECORDS_DEAD_LETTERED, progress.INPUTS_DEAD_LETTERED))
+    profiles = progress.counts().get(progress.PROFILES) or metric_total(result, "profiles", "backfill")
     per_audience = ", ".join(f"{a}: {metric_total(result, 'members_' + a, 'backfill')}" for a in selected)
     per_policy = ", ".join(f"{p.id}: {metric_total(result, 'records_' + p.id, 'backfill')}"
                            for p in config.merge_policies)
-    dead = metric_total(result, "records_dead_lettered")
-    bad_inputs = metric_total(result, "input_dead_letters")   # counted where found
+    output = options.view_as(ExportJobOptions).output
+    where = f"sent to stream {config.destination.stream}" if output == KINESIS else f"written to {output}"
+    dead = counts[progress.RECORDS_DEAD_LETTERED]
     print(f"backfill as of {format_qualification_time(as_of_ms)}: {profiles} profiles read; members {per_audience}; "
-          f"records {per_policy}; {dead} records dead-lettered; {bad_inputs} bad input rows or files dead-lettered",
+          f"records {per_policy}; {counts[progress.RECORDS] - dead} records {where}, {dead} records dead-lettered; "
+          f"{counts[progress.INPUTS_DEAD_LETTERED]} bad input rows or files dead-lettered",
           file=sys.stderr)
     return 0
+
+
+def snapshot_rows(pattern: str, max_files: int = 16) -> Optional[int]:
+    """Rows in the snapshot from the Parquet footers, for the share done; None when unknown or
+    when the glob has more than ``max_files`` files (the workers list and read the footers; the
+    launcher does not open thousands of them)."""
+    try:
+        paths = match_files(pattern)
+        if len(paths) > max_files:
+            return None
+        return sum(open_parquet(path).metadata.num_rows for path in paths)
+    except (UserError, OSError):
+        return None
+
+
+def report_progress(counts, elapsed_s: float, total: Optional[int]) -> None:
+    profiles = counts.get(progress.PROFILES, 0)
+    share = f" of {total} ({100 * profiles / total:.0f}%)" if total else ""
+    print(f"backfill: {profiles}{share} profiles read ({rate(profiles, elapsed_s)}), "
+          f"{counts.get(progress.RECORDS, 0)} records out, {elapsed_s:.0f} s", file=sys.stderr, flush=True)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,17 +1,20 @@
-"""The local demo behind ``./run_local.sh`` (SPEC 1): a moto Kinesis server on a free loopback
-port, sample data, a backfill and a streaming replay on the DirectRunner, the stream read back
-and a summary. The demo's config turns on consent (an opt-out model) and export metadata, and
-one scripted member opts out of email marketing and back in. Everything it writes goes under ``demo-output/``; it stops what it started."""
+"""The local demo behind ``./run_local.sh``: a moto Kinesis server on a free loopback port,
+sample data, a backfill and a streaming replay on the DirectRunner, the stream read back and a
+summary. The demo's config turns on consent (an opt-out model) and export metadata, and one
+scripted member opts out of email marketing and back in. Everything it writes goes under
+``demo-output/`` (``--out``); it stops what it started. Beam options on its command line go to
+both jobs. It fails when the jobs' closing counts differ from what the stream holds."""
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from typing import Optional
 
 import yaml
 
@@ -28,7 +31,8 @@ def step(title: str) -> None:
     print(f"\n== {title}", flush=True)
 
 
-def run_job(module: str, *args: str) -> None:
+def run_job(module: str, *args: str) -> int:
+    """Run a job; returns the records it reports sent to the stream."""
     started = time.time()
     proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True)
     for line in proc.stderr.splitlines():
@@ -37,6 +41,8 @@ def run_job(module: str, *args: str) -> None:
     if proc.returncode != 0:
         raise SystemExit(f"{module} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
     print(f"   ({time.time() - started:.1f} s)")
+    sent = re.findall(r"(\d+) records sent to stream", proc.stderr)
+    return int(sent[-1]) if sent else 0
 
 
 def sample_updates(n_profiles: int) -> list:
@@ -77,11 +83,28 @@ def summarize(records, title: str) -> None:
         print(f"     {audience:<18} {status:<9} {n}")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="./run_local.sh", description=__doc__.splitlines()[0])
-    parser.add_argument("--profiles", type=int, default=3000)
-    parser.add_argument("--out", default="demo-output")
-    args = parser.parse_args(argv)
+class DemoOptions:
+    """The demo's options (Beam's ``_add_argparse_args`` hook, for the shared strict parser)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--profiles", type=int, default=3000, metavar="N", help="profiles in the sample snapshot")
+        parser.add_argument("--out", default="demo-output", metavar="DIR",
+                            help="where the sample data, config and dead letters go (emptied first)")
+
+
+def describe(previous: Optional[dict], ups: dict) -> str:
+    """What changed in a profile's record against its previous one (``None``: the first)."""
+    changes = [f"{a} {e['status']}" for a, e in ups.items() if (previous or {}).get(a) != e["status"]]
+    text = ", ".join(changes) or "attributes or identities"
+    return text if previous is not None else "first record: " + text
+
+
+def run(argv) -> int:
+    from pipelines.common import parse_command_line
+    args, beam_args = parse_command_line(argv, "./run_local.sh", "[--profiles N] [--out DIR] [Beam options]",
+                                         "Run the local demo: a Kinesis endpoint, sample data, a backfill and a "
+                                         "streaming replay; Beam options go to both jobs.", [DemoOptions])
     out = os.path.abspath(args.out)
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
@@ -100,7 +123,8 @@ def main(argv=None) -> int:
         shutil.copy("examples/vip.csv", os.path.join(out, "vip.csv"))
         config = yaml.safe_load(open("examples/config.yaml"))
         config["destination"].update(endpoint_url=kinesis.url, stream=stream, include_segment_names=True,
-                                     include_export_metadata=True, dead_letter="./dead-letter")
+                                     include_export_metadata=True, dead_letter="./dead-letter",
+                                     max_requests_in_flight=1)   # moto loses records under concurrent writes
         config["activation"] = ACTIVATION
         config_path = os.path.join(out, "config.yaml")
         with open(config_path, "w") as f:
@@ -110,23 +134,27 @@ def main(argv=None) -> int:
 
         step("Backfill of the snapshot (python -m pipelines.backfill)")
         as_of = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(BASE_MS / 1000))
-        run_job("pipelines.backfill", "--config", config_path, "--snapshot", snapshot, "--as_of", as_of)
+        reported = run_job("pipelines.backfill", "--config", config_path, "--snapshot", snapshot, "--as_of", as_of,
+                           *beam_args)
         backfilled = kinesis.read_stream(stream)
 
         step("Streaming replay of the updates, seeded with the snapshot (python -m pipelines.streaming)")
         until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((BASE_MS + 60 * DAY_MS) / 1000))
-        run_job("pipelines.streaming", "--config", config_path, "--input", updates, "--seed_snapshot", snapshot,
-                "--until", until)
+        reported += run_job("pipelines.streaming", "--config", config_path, "--input", updates,
+                            "--seed_snapshot", snapshot, "--until", until, *beam_args)
         streamed = kinesis.read_stream(stream)[len(backfilled):]
 
         step("The stream read back")
         summarize(backfilled, "backfill")
         summarize(streamed, "streaming")
         p1 = [json.loads(d) for k, d in streamed if k == "p-1"]
-        print("   profile p-1 over time (qualifies, buys, exits a 7-day window, changes car):")
+        print("   profile p-1 over time, each record and what changed in it:")
+        previous: Optional[dict] = None
         for record in p1:
-            print("     " + json.dumps({a: (e["status"], e["lastQualificationTime"])
-                                        for a, e in record["segmentMembership"]["ups"].items()}))
+            ups = record["segmentMembership"]["ups"]
+            print(f"     {describe(previous, ups)}:")
+            print("       " + json.dumps({a: (e["status"], e["lastQualificationTime"]) for a, e in ups.items()}))
+            previous = {a: e["status"] for a, e in ups.items()}
         print(f"   profile {CONSENTING} (qualifies with consent, opts out of email marketing, opts back in):")
         for key, data in streamed:
             if key == CONSENTING:
@@ -139,8 +167,17 @@ def main(argv=None) -> int:
             print("   one record in full:")
             print("     " + json.dumps(json.loads(streamed[0][1]), indent=2, ensure_ascii=False).replace("\n", "\n     "))
         print(f"\n   dead letters and alerts: {os.path.join(out, 'dead-letter')}")
+        on_stream = len(backfilled) + len(streamed)
+        if on_stream != reported:
+            raise SystemExit(f"error: the jobs reported {reported} records sent, the stream holds {on_stream}")
+        print(f"   the stream holds {on_stream} records, as the jobs reported")
     print("Local Kinesis endpoint stopped. Done.")
     return 0
+
+
+def main(argv=None) -> int:
+    from pipelines.common import cli_main
+    return cli_main(run, argv)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""``python -m pipelines.replay --config CONFIG --dead_letter PATH``: send dead-lettered records
-again (SPEC 7), through the sink's own batching, ordering and retry code (``RecordSender``).
+"""``python -m pipelines.replay --config CONFIG [--dead_letter PATH]``: send dead-lettered records
+again (docs/semantics.md, "Dead letters"), through the sink's own batching, ordering and retry code (``RecordSender``).
 
 Files under ``<PATH>/records/`` are taken oldest first, each read as a stream (at most
 ``FLUSH_EVERY`` records held). What fails again goes to a new dead-letter file there; then the
@@ -8,21 +8,25 @@ replay. Crash safety: a crash before the move sends that one file again on the n
 (delivered records twice, at least once; never lost), and a crash before the new file is renamed
 into place leaves only a hidden ``.tmp`` behind. A plain Python loop, not a Beam pipeline: one
 process sending in order is what keeps per-key order across a replay, and dead letters are
-small. Beam options on the command line are accepted and ignored.
+small. Beam's filesystem options on the command line apply to the dead-letter path; the other
+Beam options are accepted and have nothing to act on. ``--dead_letter`` defaults to the config's
+``dead_letter``; a path that does not exist is an error, not an empty replay.
 """
 from __future__ import annotations
 
 import base64
 import json
 import sys
+import time
 from typing import Optional, Sequence
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.common import cli_main, load_job_config, require
+from pipelines.common import ConfigOptions, ProgressOptions, cli_main, load_job_config, parse_command_line, rate
 from transforms.dead_letter import BundleFileWriter
-from transforms.kinesis import RecordSender, check_stream, dead_letter_line, encode_data, make_client
+from transforms.errors import UserError
+from transforms.kinesis import PutRecords, RecordSender, check_stream, dead_letter_line, encode_data
 
 FLUSH_EVERY = 5000
 
@@ -30,7 +34,12 @@ FLUSH_EVERY = 5000
 class ReplayOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--dead_letter", help="the dead-letter root (the config's dead_letter)")
+        parser.add_argument("--dead_letter", metavar="PATH",
+                            help="the dead-letter root whose records/ to send (default: the config's dead_letter)")
+
+
+SUMMARY = "Send the records of a dead letter to the configured stream again."
+USAGE = "--config CONFIG [--dead_letter PATH] [Beam options]"
 
 
 def _record(doc: dict):
@@ -40,22 +49,31 @@ def _record(doc: dict):
     return doc["partitionKey"], encode_data(data)
 
 
-def replay(config, root: str, client=None) -> dict:
+def replay(config, root: str, transport=None, progress_interval_s: float = 10.0) -> dict:
     dest = config.destination
-    client = client or make_client(dest)
-    check_stream(dest, client)
+    check_stream(dest)
     records_dir = FileSystems.join(root, "records")
     replayed_dir = FileSystems.join(records_dir, "replayed")
     found = FileSystems.match([FileSystems.join(records_dir, "*.jsonl")])[0].metadata_list
     totals = {"files": 0, "sent": 0, "failed": 0, "unreadable": 0}
-    sender = RecordSender(client, dest.stream, dest.retry)
+    # one request at a time: dead letters are small
+    sender = RecordSender(PutRecords.for_destination(dest, transport), dest.retry, max_in_flight=1,
+                          max_record_bytes=dest.max_record_bytes)
+    started = last_report = time.monotonic()
 
     def flush(still_failing: BundleFileWriter) -> None:
+        nonlocal last_report
         report = sender.flush()
-        for failed in report.dead:
+        for failed, _ in report.dead:
             still_failing.write(dead_letter_line(failed, dest.stream))
         totals["sent"] += report.sent
         totals["failed"] += len(report.dead)
+        now = time.monotonic()
+        if progress_interval_s > 0 and now - last_report >= progress_interval_s:
+            last_report = now
+            print(f"replay: file {totals['files'] + 1} of {len(found)}, {totals['sent']} records delivered "
+                  f"({rate(totals['sent'], now - started)}), {totals['failed']} failed again, {now - started:.0f} s",
+                  file=sys.stderr, flush=True)
 
     for meta in sorted(found, key=lambda m: (m.last_updated_in_seconds, m.path)):
         still_failing = BundleFileWriter(records_dir, "records-replay")
@@ -73,7 +91,7 @@ def replay(config, root: str, client=None) -> dict:
                 if oversize is not None:
                     still_failing.write(dead_letter_line(oversize, dest.stream))
                     totals["failed"] += 1
-                if len(sender.pending) >= FLUSH_EVERY:
+                if sender.held >= FLUSH_EVERY:
                     flush(still_failing)
         flush(still_failing)
         still_failing.close()
@@ -84,11 +102,23 @@ def replay(config, root: str, client=None) -> dict:
     return totals
 
 
+def _root_exists(root: str) -> bool:
+    """A local directory, or on object storage (which has no directories) a prefix with objects."""
+    if FileSystems.get_scheme(root) in (None, "file"):
+        return FileSystems.exists(root)
+    return bool(FileSystems.match([FileSystems.join(root, "**")])[0].metadata_list)
+
+
 def run(argv: Sequence[str]) -> int:
+    parse_command_line(argv, "python -m pipelines.replay", USAGE, SUMMARY,
+                       [ConfigOptions, ReplayOptions, ProgressOptions])
     options = PipelineOptions(argv)
-    root = require(options.view_as(ReplayOptions).dead_letter, "--dead_letter")
+    FileSystems.set_options(options)
     config = load_job_config(options)
-    totals = replay(config, root)
+    root = options.view_as(ReplayOptions).dead_letter or config.destination.dead_letter
+    if not _root_exists(root):
+        raise UserError(f"--dead_letter {root}: no such directory")
+    totals = replay(config, root, progress_interval_s=options.view_as(ProgressOptions).progress_interval_s)
     print(f"replay: {totals['files']} dead-letter files, {totals['sent']} records delivered, "
           f"{totals['failed']} failed again (kept in the dead letter)"
           + (f", {totals['unreadable']} unreadable lines kept" if totals["unreadable"] else ""), file=sys.stderr)

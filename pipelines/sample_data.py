@@ -227,21 +227,49 @@ def generate(out: str, profiles: int, updates: int, events: int, seed: int = 7,
     return paths
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    import argparse
-    parser = argparse.ArgumentParser(prog="python -m pipelines.sample_data", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="directory to write into (created if needed)")
-    parser.add_argument("--profiles", type=int, default=10_000, help="profiles in the snapshot")
-    parser.add_argument("--updates", type=int, default=10_000, help="lines of profile updates")
-    parser.add_argument("--events", type=int, default=20_000, help="experience events (0: no events file)")
-    parser.add_argument("--seed", type=int, default=7, help="random seed")
-    parser.add_argument("--stream", default="profile-exports", help="Kinesis stream named in the config")
-    parser.add_argument("--endpoint_url", help="Kinesis endpoint named in the config (default: AWS)")
-    args = parser.parse_args(argv)
-    paths = generate(args.out, args.profiles, args.updates, args.events, args.seed, args.stream, args.endpoint_url)
+class SampleDataOptions:
+    """The generator's options (Beam's ``_add_argparse_args`` hook, for the shared strict parser)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--out", metavar="DIR", help="directory to write into, created if needed (required)")
+        parser.add_argument("--profiles", type=int, default=10_000, metavar="N", help="profiles in the snapshot")
+        parser.add_argument("--updates", type=int, default=10_000, metavar="N", help="lines of profile updates")
+        parser.add_argument("--events", type=int, default=20_000, metavar="N",
+                            help="experience events (0: no events file)")
+        parser.add_argument("--seed", type=int, default=7, metavar="N", help="random seed")
+        parser.add_argument("--stream", default="profile-exports", metavar="NAME",
+                            help="Kinesis stream named in the config")
+        parser.add_argument("--endpoint_url", metavar="URL", help="Kinesis endpoint named in the config (default: AWS)")
+
+
+def run(argv: Sequence[str]) -> int:
+    from pipelines.common import parse_command_line, require
+    from transforms.errors import UserError
+    args, _ = parse_command_line(argv, "python -m pipelines.sample_data", "--out DIR [--profiles N] [--updates N] "
+                                 "[--events N]", "Write a sample snapshot, updates, events and a matching config "
+                                 "(local files; no Beam options).", [SampleDataOptions], beam_options=False)
+    out = require(args.out, "--out")
+    for flag in ("profiles", "updates", "events"):
+        if getattr(args, flag) < 0:
+            raise UserError(f"--{flag}: must be 0 or more")
+    if os.path.isfile(out):
+        raise UserError(f"--out {out}: is an existing file; give a directory")
+    paths = generate(out, args.profiles, args.updates, args.events, args.seed, args.stream, args.endpoint_url)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
+    config, snapshot, updates = paths["config"], paths["snapshot"], paths["updates"]
+    events = f" --events {paths['events']}" if "events" in paths else ""
+    print(f"try:\n  python -m pipelines.backfill --config {config} --snapshot {snapshot}{events} "
+          f"--as_of 2024-05-01T10:00:00Z --output {os.path.join(out, 'backfill-records')}\n"
+          f"  python -m pipelines.streaming --config {config} --input {updates} --seed_snapshot {snapshot} "
+          f"--until 2024-06-01T00:00:00Z --output {os.path.join(out, 'streaming-records')}")
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from pipelines.common import cli_main
+    return cli_main(run, argv)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
-"""``python -m pipelines.streaming``: profile updates in, export records to Kinesis (SPEC 2).
+"""``python -m pipelines.streaming``: profile updates in, export records to Kinesis.
 
     python -m pipelines.streaming --config CONFIG --input SOURCE [--seed_snapshot GLOB]
-                                  [--until ISO8601] [--output kinesis|PATH] [Beam options]
+                                  [--until ISO8601] [--output kinesis|DIR] [Beam options]
 
 SOURCE is a JSONL/Avro path or glob (bounded replay: the job ends when the input is consumed),
 ``watch:DIR`` (new files read as they land) or ``kinesis:STREAM`` (every shard of an input
 stream). Without ``--runner``, a bounded replay runs on the ``BundleBasedDirectRunner`` (keyed
-state is several times faster there than on the FnApiRunner, SPEC 9), and an unbounded source on
+state is several times faster there than on the FnApiRunner, docs/DEVELOPING.md), and an unbounded source on
 the ``DirectRunner``, the local runner that executes splittable sources: on Prism (when it can be
 downloaded) records stream as they come; on its offline fallback, the batch engine, they reach the
 export when the source stops (``--stop_after_s``). Flink and Dataflow stream them as they come.
@@ -21,9 +21,10 @@ from typing import Optional, Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.common import (ExportJobOptions, check_output, cli_main, default_runner,
-                              load_job_config, metric_total, parse_time_option, require,
-                              write_output)
+from pipelines.common import (KINESIS, ConfigOptions, ExportJobOptions, ProgressOptions, check_output, cli_main,
+                              default_runner, job_counts, load_job_config, parse_command_line,
+                              parse_time_option, rate, require, run_pipeline, write_output)
+from transforms import progress
 from transforms.config import ExportConfig
 from transforms.dead_letter import WriteDeadLetters
 from transforms.errors import UserError
@@ -37,15 +38,20 @@ KINESIS_INPUT = "kinesis:"
 class StreamingOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--input", help="JSONL/Avro glob, watch:DIR or kinesis:STREAM")
-        parser.add_argument("--seed_snapshot", help="Parquet snapshot glob of the state already known")
-        parser.add_argument("--until", help="bounded replay: evaluation time at the end of input "
-                                            "(ISO-8601; default: the wall clock)")
-        parser.add_argument("--poll_interval_s", type=float, default=5.0,
-                            help="watch:DIR and kinesis:STREAM poll interval in seconds")
-        parser.add_argument("--stop_after_s", type=float, default=None,
-                            help="unbounded sources: stop watching after this many seconds "
-                                 "(kinesis: after this long without new records); for demos and tests")
+        parser.add_argument("--input", metavar="SOURCE",
+                            help="update files (path, glob or directory), watch:DIR or kinesis:STREAM (required)")
+        parser.add_argument("--seed_snapshot", metavar="GLOB", help="Parquet snapshot of the state already known")
+        parser.add_argument("--until", metavar="ISO8601",
+                            help="bounded input: evaluation time at its end (default: now)")
+        parser.add_argument("--poll_interval_s", type=float, default=5.0, metavar="S",
+                            help="watch: and kinesis: sources: seconds between polls")
+        parser.add_argument("--stop_after_s", type=float, default=None, metavar="S",
+                            help="watch: and kinesis: sources: stop after S seconds (kinesis: S idle)")
+
+
+SUMMARY = "Read profile updates, evaluate the audiences and export each change of a profile."
+USAGE = ("--config CONFIG --input SOURCE [--seed_snapshot GLOB] [--until ISO8601] "
+         "[--output kinesis|DIR [--overwrite]] [Beam options]")
 
 
 def is_unbounded(source: str) -> bool:
@@ -53,7 +59,7 @@ def is_unbounded(source: str) -> bool:
 
 
 def read_updates(pipeline: beam.Pipeline, source: str, config: ExportConfig, options: StreamingOptions):
-    """The source of SPEC 2, as tagged outputs ``updates`` and ``dead_letter``."""
+    """The ``--input`` source (docs/semantics.md#inputs), as tagged outputs ``updates`` and ``dead_letter``."""
     from transforms import inputs
     interval, stop = options.poll_interval_s, options.stop_after_s
     if source.startswith(WATCH):
@@ -90,28 +96,41 @@ def build(pipeline: beam.Pipeline, config: ExportConfig, options: PipelineOption
 
 
 def run(argv: Sequence[str]) -> int:
+    parse_command_line(argv, "python -m pipelines.streaming", USAGE, SUMMARY,
+                       [ConfigOptions, ExportJobOptions, StreamingOptions, ProgressOptions])
     options = PipelineOptions(argv)
     streaming = options.view_as(StreamingOptions)
     require(streaming.input, "--input")
     config = load_job_config(options)
-    output = options.view_as(ExportJobOptions).output
-    check_output(config, output)
+    job = options.view_as(ExportJobOptions)
+    check_output(config, job.output, job.overwrite)
     default_runner(options, "DirectRunner" if is_unbounded(streaming.input) else "BundleBasedDirectRunner")
     pipeline = beam.Pipeline(options=options)
     build(pipeline, config, options)
-    result = pipeline.run()
-    result.wait_until_finish()
-    print(summary(result), file=sys.stderr)
+    result = run_pipeline(pipeline, options, report_progress)
+    print(summary(job_counts(result, COUNTS), config, job.output), file=sys.stderr)
     return 0
 
 
-def summary(result) -> str:
-    updates = metric_total(result, "updates", "export")
-    exported = metric_total(result, "records_sent") or metric_total(result, "records_written")
-    input_dl = metric_total(result, "input_dead_letters")
-    record_dl = metric_total(result, "records_dead_lettered")
-    return (f"streaming: {updates} updates, {exported} records exported, "
-            f"{input_dl} inputs and {record_dl} records dead-lettered")
+COUNTS = (progress.UPDATES, progress.INPUTS_DEAD_LETTERED, progress.RECORDS, progress.RECORDS_DEAD_LETTERED)
+
+
+def report_progress(counts, elapsed_s: float) -> None:
+    seed = counts.get(progress.SEED_PROFILES)
+    evaluated = counts.get(progress.UPDATES_EVALUATED, 0)
+    print(f"streaming: " + (f"{seed} seed profiles read, " if seed else "")
+          + f"{counts.get(progress.UPDATES, 0)} updates read, {counts.get(progress.INPUTS_DEAD_LETTERED, 0)} "
+          f"inputs dead-lettered, {evaluated} updates evaluated ({rate(evaluated, elapsed_s)}), "
+          f"{counts.get(progress.RECORDS, 0)} records out, {elapsed_s:.0f} s", file=sys.stderr, flush=True)
+
+
+def summary(counts, config: ExportConfig, output: str) -> str:
+    """The closing line: exact counts of what was read, written or sent, and dead-lettered."""
+    records, dead = counts[progress.RECORDS], counts[progress.RECORDS_DEAD_LETTERED]
+    where = f"sent to stream {config.destination.stream}" if output == KINESIS else f"written to {output}"
+    updates, bad = counts[progress.UPDATES], counts[progress.INPUTS_DEAD_LETTERED]
+    return (f"streaming: {updates + bad} inputs read: {updates} updates, {bad} dead-lettered; {records - dead} records {where}, "
+            f"{dead} records dead-lettered")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

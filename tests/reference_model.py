@@ -48,6 +48,29 @@ The rules it implements:
   whole ``identityMap``. An entry is ``lastQualificationTime`` (UTC, seconds), ``status``,
   then with timestamps ``createdAt``, ``updatedAt`` (when configured), ``mappingCreatedAt``,
   ``mappingUpdatedAt`` (mapped audiences), then with names ``name``.
+
+The activation controls (the README's "Activation controls"):
+
+- Consent: the consent rule is evaluated on each policy's view at every evaluation (updates and
+  timers), with no events and no segments; a seed's consent is its rule on the seed's views at
+  the row's timestamp; a profile without state consents under no policy. Per policy, in config
+  order, comparing consent before and after the evaluation: neither: nothing (a record that
+  would have been exported counts as withheld); stops consenting: when realized in mapped
+  audiences of the policy before, one record of those as ``exited`` at the evaluation time,
+  then the ``identityMap``; starts consenting: when realized in a mapped audience of the policy
+  after, one usual record of its realized audiences, the mapped ones with the evaluation time as
+  their new ``lastQualificationTime`` (kept in the statuses), the unmapped ones with theirs. Such
+  a record is the policy's only one, with the trigger ``consent`` alone.
+- Trigger switches: ``identity``/``attribute`` left out of ``activation.triggers`` neither
+  trigger nor show.
+- Upload expiry: an upload audience has no members at or after its ``expires_at``; the
+  profile is evaluated at that instant (a timer, like a window change: after the clock, never
+  after ``until``) while it is realized in that audience. A mapped audience's exit at or after
+  its ``expires_at`` is the trigger ``expiry``, not ``audience``.
+- Export metadata: ``_export`` ends the data: ``id`` (hex SHA-256 of ``profileId/policy/
+  sequence``), ``sequence`` (the profile's records of that policy, from 1), ``at`` (the
+  evaluation time in ms), ``triggers`` (those of the record, in the order audience, identity,
+  attribute, consent, expiry).
 """
 from __future__ import annotations
 
@@ -64,7 +87,7 @@ from transforms.rules import compile_rule
 _OCCURS = re.compile(r"occurs\s*(<=|<|>=|>)\s*(\d+)\s*(minutes|hours|days)")
 _WINDOW_CHANGES = {"<=": lambda w: (0, w + 1), "<": lambda w: (0, w), ">=": lambda w: (w,), ">": lambda w: (w + 1,)}
 _UNIT_MS = {"minutes": 60_000, "hours": 3_600_000, "days": 86_400_000}
-_TRIGGER_KINDS = ("audience", "identity", "attribute")
+_TRIGGER_KINDS = ("audience", "identity", "attribute", "expiry")
 
 
 class ReferenceRecord(NamedTuple):
@@ -131,6 +154,14 @@ def _counts_for(written: Tuple[str, ...], mapped: Tuple[str, ...]) -> bool:
     return written[:n] == mapped[:n]
 
 
+class _NoSegments:
+    """The consent rule reads no segments."""
+
+    @staticmethod
+    def get(audience_id, default=False):
+        return False
+
+
 class _Segments:
     """What ``inSegment`` reads (``segments.get(id, False)``), answered by evaluating that audience."""
 
@@ -162,12 +193,22 @@ class ReferenceProfile:
         self.policies = {p.id: p for p in config.merge_policies}
         self.policy_order = [p.id for p in config.merge_policies
                              if any(a.merge_policy == p.id for a in config.audiences)]
+        activation = config.activation
+        self.consent_rule = compile_rule("consent", activation.consent) if activation.consent else None
+        self.switched_on = set(activation.triggers) | {"audience", "expiry"}
+        self.expiries = {a.id: a.upload.expires_at_ms for a in config.audiences
+                         if a.upload is not None and a.upload.expires_at_ms is not None}
+        self.metadata = config.destination.include_export_metadata
+        self.sequences: Dict[str, int] = {}
+        self.counts = {"consent_withheld": 0, "consent_opt_outs": 0, "consent_opt_ins": 0}
         self.writes: List[_Write] = []
         self.identities: Dict[str, List[str]] = {}
         self.events: List[Tuple[int, int, dict]] = []    # (event time, arrival, event)
         self.status: Dict[str, Tuple[str, int]] = {}     # audience -> (status, time)
         self.clock: Optional[int] = None
         self.arrivals = 0
+        # the policies the profile consents under: without state, none (all without a rule)
+        self.consents = set() if self.consent_rule else set(self.policy_order)
         if seed is not None:
             self._start_from(seed)
 
@@ -180,6 +221,7 @@ class ReferenceProfile:
         self._add_identities(seed.identities)
         self.status = {aid: ("realized", s.last_qualification_ms) for aid, s in seed.segment_membership.items()
                        if aid in self.audiences and s.status in ("realized", "existing")}
+        self.consents = self.consenting(seed.timestamp_ms)
 
     # ---- the profile -----------------------------------------------------------------
 
@@ -210,6 +252,8 @@ class ReferenceProfile:
                 a = self.audiences[audience_id]
                 if a.id in self.rules:
                     results[a.id] = bool(self.rules[a.id].evaluate(views[a.merge_policy], events, now, segments))
+                elif a.id in self.expiries and now >= self.expiries[a.id]:
+                    results[a.id] = False
                 else:
                     namespace, values = self.uploads[a.id]
                     results[a.id] = any(i in values for i in self.identities.get(namespace, ()))
@@ -218,10 +262,20 @@ class ReferenceProfile:
         segments = _Segments(member)
         return {aid for aid in self.audiences if member(aid)}
 
+    def consenting(self, now: int) -> set:
+        """The policies whose view the consent rule holds on at ``now`` (all without a rule)."""
+        if self.consent_rule is None:
+            return set(self.policy_order)
+        return {pid for pid in self.policy_order
+                if self.consent_rule.evaluate(self.view(pid), [], now, _NoSegments())}
+
     # ---- time ------------------------------------------------------------------------
 
-    def _window_instants(self) -> List[int]:
-        return sorted({t + offset for t, _, _ in self.visible_events() for offset in self.window_changes})
+    def _instants(self) -> List[int]:
+        """Window changes of the visible events, and the expiry of each upload audience the
+        profile is realized in."""
+        return sorted({t + offset for t, _, _ in self.visible_events() for offset in self.window_changes}
+                      | {at for aid, at in self.expiries.items() if self.status.get(aid, ("",))[0] == "realized"})
 
     def _timers(self, before_ms: Optional[int]) -> List[ReferenceRecord]:
         """Evaluate at every window instant after the clock, before ``before_ms`` (None: no
@@ -229,7 +283,7 @@ class ReferenceProfile:
         out: List[ReferenceRecord] = []
         if self.clock is None:
             return out
-        for at in self._window_instants():
+        for at in self._instants():
             if at <= self.clock or (before_ms is not None and at >= before_ms) \
                     or (self.until_ms is not None and at > self.until_ms):
                 continue
@@ -282,21 +336,56 @@ class ReferenceProfile:
                 self.status[aid] = ("realized", now)
             elif aid not in members and old is not None and old[0] == "realized":
                 self.status[aid] = ("exited", now)
+        was, consents = self.consents, self.consenting(now)
+        self.consents = consents
         changed = [aid for aid in self.mapped
                    if (before.get(aid) or (None,))[0] != (self.status.get(aid) or (None,))[0]]
+        expired = {aid for aid in changed if aid in self.expiries and now >= self.expiries[aid]}
         realized_mapped = [aid for aid in self.mapped if self.status.get(aid, ("",))[0] == "realized"]
         policy_of = {aid: a.merge_policy for aid, a in self.audiences.items()}
-        by_kind = {"audience": {policy_of[a] for a in changed},
+        by_kind = {"audience": {policy_of[a] for a in changed if a not in expired},
                    "identity": {policy_of[a] for a in realized_mapped} if identities_changed else set(),
-                   "attribute": {policy_of[a] for a in realized_mapped} if attribute_written else set()}
+                   "attribute": {policy_of[a] for a in realized_mapped} if attribute_written else set(),
+                   "expiry": {policy_of[a] for a in expired}}
         out = []
         for pid in self.policy_order:
-            kinds = tuple(k for k in _TRIGGER_KINDS if pid in by_kind[k])
-            if kinds:
-                ups = [aid for aid, a in self.audiences.items() if a.merge_policy == pid
-                       and (aid in changed or self.status.get(aid, ("",))[0] == "realized")]
-                out.append(ReferenceRecord(self.partition_key(), pid, kinds, self.record(pid, ups)))
+            mapped_of_policy = [aid for aid in self.audiences if aid in self.mapped and policy_of[aid] == pid]
+            if pid in was and pid not in consents:           # opt-out: what the destination holds exits
+                held = [aid for aid in mapped_of_policy if (before.get(aid) or (None,))[0] == "realized"]
+                if held:
+                    self.counts["consent_opt_outs"] += 1
+                    ups = {aid: self.ups_entry(aid, "exited", now) for aid in held}
+                    out.append(self._emit(pid, ("consent",), now, {
+                        "segmentMembership": {"ups": ups}, "identityMap": self.identity_map()}))
+                continue
+            if pid not in was and pid in consents:           # opt-in: the mapped members qualify now
+                joined = [aid for aid in mapped_of_policy if self.status.get(aid, ("",))[0] == "realized"]
+                if joined:
+                    self.counts["consent_opt_ins"] += 1
+                    for aid in joined:
+                        self.status[aid] = ("realized", now)
+                    ups = [aid for aid, a in self.audiences.items()
+                           if a.merge_policy == pid and self.status.get(aid, ("",))[0] == "realized"]
+                    out.append(self._emit(pid, ("consent",), now, self.record(pid, ups)))
+                continue
+            kinds = tuple(k for k in _TRIGGER_KINDS if pid in by_kind[k] and k in self.switched_on)
+            if not kinds:
+                continue
+            if pid not in consents:
+                self.counts["consent_withheld"] += 1
+                continue
+            ups = [aid for aid, a in self.audiences.items() if a.merge_policy == pid
+                   and (aid in changed or self.status.get(aid, ("",))[0] == "realized")]
+            out.append(self._emit(pid, kinds, now, self.record(pid, ups)))
         return out
+
+    def _emit(self, policy_id: str, triggers: Tuple[str, ...], now: int, data: dict) -> ReferenceRecord:
+        if self.metadata:
+            sequence = self.sequences[policy_id] = self.sequences.get(policy_id, 0) + 1
+            data["_export"] = {
+                "id": hashlib.sha256(f"{self.profile_id}/{policy_id}/{sequence}".encode()).hexdigest(),
+                "sequence": sequence, "at": now, "triggers": list(triggers)}
+        return ReferenceRecord(self.partition_key(), policy_id, triggers, data)
 
     # ---- records ---------------------------------------------------------------------
 
@@ -307,9 +396,12 @@ class ReferenceProfile:
 
     def record(self, policy_id: str, ups: List[str]) -> dict:
         data = self.mapped_attributes(self.view(policy_id))
-        data["segmentMembership"] = {"ups": {aid: self.ups_entry(aid) for aid in ups}}
-        data["identityMap"] = {ns: [{"id": i} for i in ids] for ns, ids in self.identities.items()}
+        data["segmentMembership"] = {"ups": {aid: self.ups_entry(aid, *self.status[aid]) for aid in ups}}
+        data["identityMap"] = self.identity_map()
         return data
+
+    def identity_map(self) -> dict:
+        return {ns: [{"id": i} for i in ids] for ns, ids in self.identities.items()}
 
     def mapped_attributes(self, view: dict) -> dict:
         # the key skeleton in mapping order; ``None`` marks a mapped path exported whole
@@ -336,8 +428,7 @@ class ReferenceProfile:
             return out
         return fill(view, skeleton)
 
-    def ups_entry(self, audience_id: str) -> dict:
-        status, at = self.status[audience_id]
+    def ups_entry(self, audience_id: str, status: str, at: int) -> dict:
         entry: Dict[str, Any] = {"lastQualificationTime": _qualification_time(at), "status": status}
         destination = self.config.destination
         if destination.include_segment_timestamps:

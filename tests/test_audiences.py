@@ -77,13 +77,13 @@ def test_upload_membership(vip_csv):
 def test_upload_errors(tmp_path, vip_csv):
     missing = tmp_path / "nope.csv"
     with pytest.raises(ValueError, match=f"^{missing}: cannot read upload file: No such file or directory$"):
-        audience_set(upload("vip", missing))
+        audience_set(upload("vip", missing)).uploads
     with pytest.raises(ValueError, match=rf"^{vip_csv}: no column 'mail' \(columns: name, email\)$"):
-        audience_set(upload("vip", vip_csv, column="mail"))
+        audience_set(upload("vip", vip_csv, column="mail")).uploads
     binary = tmp_path / "bin.csv"
     binary.write_bytes(b"email\n\xff\xfe\x00")
     with pytest.raises(ValueError, match=f"^{binary}: cannot read upload file"):
-        audience_set(upload("vip", binary))
+        audience_set(upload("vip", binary)).uploads
     config = make_config(audiences=(upload("vip", missing), audience("r", "a = ")), mapped=(), policies=POLICIES)
     assert check_audiences(config) == [
         f"audiences[0].upload: {missing}: cannot read upload file: No such file or directory",
@@ -112,3 +112,19 @@ def test_events_and_next_change():
     assert auds.next_change_ms(events, NOW + DAY // 2) == NOW + 5 * DAY + 1
     assert auds.next_change_ms([], NOW) is None
     assert audience_set(audience("plain", "a = 1")).next_change_ms(events, NOW) is None
+
+
+def test_uploads_are_read_on_first_use_and_validation_reads_only_the_header(tmp_path):
+    """The launcher plans with an ``AudienceSet`` and validates the config; neither reads an
+    upload's values (workers do, in ``setup``), so its contents never travel in the pipeline."""
+    missing = tmp_path / "later.csv"
+    auds = audience_set(upload("vip", missing), audience("r", "n = 1"))
+    assert auds.event_retention_ms == 0 and [a.id for a in auds.ordered] == ["vip", "r"]
+    with pytest.raises(ValueError, match="cannot read upload file"):
+        auds.evaluate({}, {}, [], NOW)
+    body_unreadable = tmp_path / "big.csv"
+    body_unreadable.write_bytes(b"email\n" + b"ok@x.io\n" * 20_000 + b"\xff\xfe\n")  # past the first read
+    config = make_config(audiences=(upload("vip", body_unreadable),), mapped=(), policies=POLICIES)
+    assert check_audiences(config) == []
+    with pytest.raises(ValueError, match=f"^{body_unreadable}: cannot read upload file"):
+        AudienceSet.from_config(config).uploads

@@ -53,7 +53,7 @@ def export(config, batch, members, selected=("a", "b", "d")):
 
 
 def reference(config, batch, members, selected=("a", "b", "d")):
-    """What streaming's formatter makes of the same profiles (SPEC 6 "Backfill")."""
+    """What streaming's formatter makes of the same profiles (docs/semantics.md#exports "Backfill")."""
     formatter = RecordFormatter(config)
     out = {}
     for i, p in enumerate(snapshot_profiles(batch)):

@@ -70,7 +70,7 @@ def read_events(path, as_of_ms):
 
 
 def expected_records(config_path, snapshot, selected, events_path=None):
-    """The per-profile path: rules on the row, then the streaming formatter (SPEC 6 "Backfill")."""
+    """The per-profile path: rules on the row, then the streaming formatter (docs/semantics.md#exports "Backfill")."""
     config = load_config(config_path)
     audiences, formatter = AudienceSet.from_config(config), RecordFormatter(config)
     now = parse_timestamp_ms(AS_OF)
@@ -114,7 +114,8 @@ def test_backfill_to_files_matches_the_per_profile_path(job):
     crm = sum(b'"aud-gold"' in data for _, data in got)   # each record is of one policy
     assert summary == (f"backfill as of 2024-05-01T00:00:00Z: 2500 profiles read; members aud-delorean: "
                        f"{len(got) - crm}, aud-gold: {crm}; records mp-default: {len(got) - crm}, mp-crm: {crm}; "
-                       "0 records dead-lettered; 0 bad input rows or files dead-lettered")
+                       f"{len(got)} records written to {out}, 0 records dead-lettered; "
+                       "0 bad input rows or files dead-lettered")
     assert not glob.glob(str(out / ".*"))
 
 

@@ -29,7 +29,8 @@ def run(module, *args, timeout=180):
 
 def write_config(tmp_path, endpoint="http://127.0.0.1:9", stream="exports", **destination):
     doc = yaml.safe_load(open("examples/config.yaml"))
-    doc["destination"].update(stream=stream, endpoint_url=endpoint, dead_letter=str(tmp_path / "dl"), **destination)
+    doc["destination"].update(stream=stream, endpoint_url=endpoint, dead_letter=str(tmp_path / "dl"),
+                              max_requests_in_flight=1, **destination)   # moto: one request at a time
     doc["destination"]["retry"] = {"max_retries": 1, "base_delay_ms": 1, "max_delay_ms": 5}
     doc["audiences"][3]["upload"]["path"] = os.path.abspath("examples/vip.csv")
     path = tmp_path / "config.yaml"
@@ -130,7 +131,7 @@ def test_streaming_replay_time_window_exit_and_until(tmp_path):
                                                         ("exited", "2024-05-08T10:00:01Z")]
     [dead] = [json.loads(l) for f in glob.glob(str(tmp_path / "dl" / "input" / "*.jsonl")) for l in open(f)]
     assert (dead["position"], dead["raw"]) == ("line 3", "{broken") and dead["source"] == updates
-    assert "1 inputs" in proc.stderr
+    assert "4 inputs read: 3 updates, 1 dead-lettered; 2 records written to" in proc.stderr
     # with --until before the exit is due, it is not emitted
     proc = run("pipelines.streaming", "--config", config, "--input", updates, "--until", "2024-05-05T00:00:00Z",
                "--output", str(tmp_path / "out2"))

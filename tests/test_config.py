@@ -1,4 +1,4 @@
-"""Config loading and validation (SPEC 3): every error kind with its field path, all at once,
+"""Config loading and validation (docs/semantics.md#configuration): every error kind with its field path, all at once,
 ``${NAME}`` expansion, paths resolved against the config's folder, secrets never shown."""
 import copy
 import json
@@ -200,16 +200,20 @@ def test_a_single_policy_is_the_default_without_the_flag():
     assert config.merge_policies[0].default and {a.merge_policy for a in config.audiences} == {"mp-only"}
 
 
-@pytest.mark.parametrize("dead_letter,expected", [
-    ("dl", "/cfg/dl"), ("../dl", "/dl"), ("/var/dl", "/var/dl"), ("gs://bucket/dl", "gs://bucket/dl"),
-    ("s3://bucket/x/../dl", "s3://bucket/x/../dl"),
+@pytest.mark.parametrize("folder,dead_letter,expected", [
+    ("/cfg", "dl", "/cfg/dl"), ("/cfg", "../dl", "/dl"), ("/cfg", "/var/dl", "/var/dl"),
+    ("/cfg", "gs://bucket/dl", "gs://bucket/dl"), ("/cfg", "s3://bucket/x/../dl", "s3://bucket/x/../dl"),
+    # a config read from object storage: relative paths stay in its bucket
+    ("s3://bucket/team/cfg", "dl", "s3://bucket/team/cfg/dl"), ("s3://bucket/team/cfg", "../dl", "s3://bucket/team/dl"),
+    ("gs://bucket/cfg", "../../dl", "gs://bucket/dl"), ("gs://bucket", "./dl/", "gs://bucket/dl"),
+    ("s3://bucket/cfg", "/var/dl", "/var/dl"),
 ])
-def test_dead_letter_resolves_against_the_config_folder_and_urls_stay(dead_letter, expected):
+def test_dead_letter_resolves_against_the_config_folder_and_urls_stay(folder, dead_letter, expected):
     doc = base()
     doc["destination"]["dead_letter"] = dead_letter
     doc["audiences"].pop()                          # the upload CSV is not under /cfg
     doc["mapping"]["audiences"] = [m for m in doc["mapping"]["audiences"] if m["id"] != "aud-vip-upload"]
-    assert config_from_dict(doc, "/cfg", ENV).destination.dead_letter == expected
+    assert config_from_dict(doc, folder, ENV).destination.dead_letter == expected
 
 
 def test_environment_values_reach_strings_numbers_and_times():
@@ -254,7 +258,7 @@ def test_load_config_reads_json_and_yaml(tmp_path):
 
 @pytest.mark.parametrize("content,message", [
     (None, "cannot read config file: No such file or directory"),
-    ("destination: [unclosed\n", "not valid YAML or JSON at line 2, column 1"),
+    ("destination: [unclosed\n", "not valid YAML or JSON at line 1, column 23"),
     ('{"destination": "x"', "not valid YAML or JSON at line 1, column 20: expected ',' or '}'"),
 ])
 def test_an_unreadable_file_is_one_error(tmp_path, content, message):

@@ -1,4 +1,4 @@
-"""ExportProfileChanges on the DirectRunner: the SPEC 6 cases, many profiles per pipeline.
+"""ExportProfileChanges on the DirectRunner: the docs/semantics.md#exports cases, many profiles per pipeline.
 
 One bounded pipeline (TestPipeline) runs every scenario on its own profile ids; a TestStream
 pipeline on the BundleBasedDirectRunner checks timers driven by the watermark.
@@ -182,7 +182,7 @@ def by_profile(expected):
         want = {pk: order(v) for pk, v in expected.items()}
         for pk in sorted(set(got) | set(want)):
             assert got.get(pk) == want.get(pk), f"{pk}: got {got.get(pk)} want {want.get(pk)}"
-        # records are stamped with the update's/timer's time; key order as SPEC 6
+        # records are stamped with the update's/timer's time; key order as docs/semantics.md#exports
         for pk, t, data in actual:
             keys = [k for k in json.loads(data) if k != "_export"]
             assert keys[-2:] == ["segmentMembership", "identityMap"]

@@ -1,4 +1,4 @@
-"""Profile update parsing (SPEC 4): each kind of malformed input becomes a dead letter with its
+"""Profile update parsing (docs/semantics.md#inputs): each kind of malformed input becomes a dead letter with its
 reason and position; the records around it go on."""
 import gzip
 import json
@@ -113,7 +113,7 @@ def test_gzip_lines_and_a_truncated_gzip(tmp_path):
     packed = gzip.compress(body)
     (tmp_path / "cut.jsonl.gz").write_bytes(packed[:3000])  # Beam reads a cut gzip to where it ends
     items = list(read_updates_file(str(tmp_path / "cut.jsonl.gz")))
-    assert items[-1].reason.startswith("invalid JSON: Unterminated string")
+    assert items[-1].reason == "invalid JSON: unterminated string at column 20 (opened at column 15)"
     assert all(isinstance(i, ProfileUpdate) for i in items[:-1])
     (tmp_path / "bad.jsonl.gz").write_bytes(packed[:3000] + b"\xff" * 100 + packed[3100:])
     items = list(read_updates_file(str(tmp_path / "bad.jsonl.gz")))

@@ -1,4 +1,4 @@
-"""Least privilege (SPEC 7): with moto enforcing IAM, a user allowed only ListStreams, PutRecord
+"""Least privilege (docs/semantics.md#kinesis-sink): with moto enforcing IAM, a user allowed only ListStreams, PutRecord
 and PutRecords runs a full export; without a permission the failure is clear."""
 import glob
 import json
@@ -76,3 +76,21 @@ def test_unknown_credentials_fail_before_any_data_moves(iam_moto, tmp_path):
     users = dict(users, ghost=("AKIAGHOST0000000000", "nope"))
     with pytest.raises(KinesisSetupError, match="credentials rejected|ListStreams"):
         check_stream(dest(url, users, "ghost", tmp_path))
+
+
+@pytest.mark.parametrize("user,problem", [("ghost", "credentials rejected"),
+                                          ("no-put", "permission kinesis:PutRecords is missing")])
+def test_problem_only_a_worker_sees_dead_letters_with_one_alert(iam_moto, tmp_path, caplog, user, problem):
+    """The launcher's check passed (or ran elsewhere); on the worker the stream refuses the
+    records: they go to the dead letter, one ALERT names the problem, no traceback."""
+    url, users = iam_moto
+    users = dict(users, ghost=("AKIAGHOST0000000000", "nope"))
+    records = [ExportRecord(f"p-{i}", json.dumps({"i": i}).encode(), None) for i in range(5)]
+    with beam.Pipeline(options=PipelineOptions(["--runner=BundleBasedDirectRunner"])) as p:
+        _ = p | beam.Create(records) | KinesisWrite(dest(url, users, user, tmp_path), check=False, max_in_flight=1)
+    dead = [json.loads(line) for f in glob.glob(str(tmp_path / "records" / "*.jsonl")) for line in open(f)]
+    assert sorted(d["partitionKey"] for d in dead) == [f"p-{i}" for i in range(5)]
+    assert all(d["attempts"] == 1 for d in dead)
+    [alert] = [json.loads(line) for line in open(tmp_path / "alerts.jsonl")]
+    assert alert["kind"] == "stream_rejected_configuration" and problem in alert["message"]
+    assert caplog.text.count("ALERT") == 1 and "Traceback" not in caplog.text

@@ -1,6 +1,7 @@
 """Production readiness (issue 9): both jobs build for Flink and Dataflow, every transform's
 payload survives Beam's pickler, multi-process runs give the same records, and the deployment
 files and the guide's commands match the code."""
+import argparse
 import json
 import os
 import re
@@ -11,7 +12,7 @@ import pytest
 from apache_beam.internal import pickler
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.sample_data import write_snapshot
+from pipelines.sample_data import SampleDataOptions, write_snapshot
 from pipelines import backfill, replay, streaming  # noqa: F401 (replay: its options count as known)
 from tests.test_cli_e2e import records_in, run, updates_file, write_config
 from transforms.config import load_config
@@ -33,7 +34,7 @@ def job_inputs(tmp_path_factory):
 def built(job, argv):
     options = PipelineOptions(argv)
     pipeline = beam.Pipeline(runner="DirectRunner", options=options)  # built, never run remotely
-    job.build(pipeline, load_config(options.view_as(streaming.ExportJobOptions).config), options)
+    job.build(pipeline, load_config(options.view_as(streaming.ConfigOptions).config), options)
     return pipeline
 
 
@@ -80,30 +81,46 @@ def test_dockerfile_and_flex_template_metadata():
     docker = open("deploy/Dockerfile").read()
     assert re.search(r"^FROM apache/beam_python3\.11_sdk:\$\{BEAM_VERSION\}$", docker, re.M)
     assert "COPY setup.py" in docker and "pip install" in docker
+    assert "/opt/google/dataflow/python_template_launcher" in docker  # a Flex Template image needs the launcher
     entry = re.search(r"FLEX_TEMPLATE_PYTHON_PY_FILE=/opt/kinesis-export/(\S+)", docker).group(1)
-    assert os.path.exists(entry)
+    assert entry == "pipelines/${JOB}.py" and re.search(r"^ARG JOB=streaming$", docker, re.M)
     import importlib
-    importlib.import_module(entry[:-3].replace("/", "."))
-    meta = json.load(open("deploy/flex_template_metadata.json"))
-    assert meta["name"] and meta["description"]
-    names = {p["name"] for p in meta["parameters"]}
-    assert all({"name", "label", "helpText"} <= set(p) for p in meta["parameters"])
     flags = set(PipelineOptions([]).get_all_options(retain_unknown_options=False))
-    assert names <= flags and {"config", "input"} <= {p["name"] for p in meta["parameters"] if not p["isOptional"]}
+    for job, metadata, required in (("streaming", "deploy/flex_template_metadata.json", {"config", "input"}),
+                                    ("backfill", "deploy/backfill_flex_template_metadata.json", {"config", "snapshot"})):
+        assert os.path.exists(f"pipelines/{job}.py")
+        importlib.import_module(f"pipelines.{job}")
+        meta = json.load(open(metadata))
+        assert meta["name"] and meta["description"]
+        names = {p["name"] for p in meta["parameters"]}
+        assert all({"name", "label", "helpText"} <= set(p) for p in meta["parameters"])
+        assert names <= flags and required == {p["name"] for p in meta["parameters"] if not p["isOptional"]}
 
 
 FLINK_JOB_SERVER_OPTIONS = {"checkpointing_interval"}  # forwarded to Flink's job server
 
 
+def dask_flags():
+    """Beam's DaskOptions flags, whose names differ from their option names."""
+    pytest.importorskip("distributed")
+    from apache_beam.runners.dask.dask_runner import DaskOptions
+    assert PipelineOptions(["--dask_client_address", "tcp://h:8786"]).view_as(DaskOptions).address == "tcp://h:8786"
+    return {"dask_client_address"}
+
+
 def test_guide_commands_match_the_clis():
     guide = open("docs/production.md").read() + open("README.md").read()
-    commands = [c for block in re.findall(r"```\n(.*?)```", guide, re.S)
+    commands = [c for block in re.findall(r"^ *```\w*\n(.*?)^ *```", guide, re.S | re.M)
                 for c in block.replace("\\\n", " ").splitlines() if c.strip().startswith("python -m pipelines.")]
     assert len(commands) >= 8
     known = set(PipelineOptions([]).get_all_options(retain_unknown_options=False))
+    sample_parser = argparse.ArgumentParser()
+    SampleDataOptions._add_argparse_args(sample_parser)  # not a Beam job: its own options only
+    sample_known = set(vars(sample_parser.parse_args([])))
     for command in commands:
         words = shlex.split(re.sub(r"\[.*?\]", "", command))
         flags = {w[2:].split("=")[0] for w in words if w.startswith("--")}
-        assert flags - known - FLINK_JOB_SERVER_OPTIONS == set(), command
+        allowed = sample_known if words[2] == "pipelines.sample_data" else known | FLINK_JOB_SERVER_OPTIONS | dask_flags()
+        assert flags - allowed == set(), command
         module = words[2].split(".")[1]
         assert os.path.exists(f"pipelines/{module}.py"), command

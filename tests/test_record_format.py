@@ -14,7 +14,7 @@ VIEW = {"vehicle": {"make": "DeLorean"}, "personalEmail": {"address": "john.doe@
         "person": {"birthDate": "1985-10-26", "name": {"lastName": "Doe", "firstName": "John"}}}
 IDENTITIES = {"email": ("john.doe@acme.com",), "ecid": ("1457...",)}
 
-SPEC_SAMPLE = (
+DOCUMENTED_SAMPLE = (
     b'{"person":{"name":{"firstName":"John","lastName":"Doe"},"birthDate":"1985-10-26"},'
     b'"personalEmail":{"address":"john.doe@acme.com"},'
     b'"segmentMembership":{"ups":{'
@@ -27,7 +27,7 @@ SPEC_SAMPLE = (
 
 def test_spec_sample_record_bytes():
     formatter = RecordFormatter(make_config(names=True, timestamps=True))
-    assert formatter.format(VIEW, [("aud-delorean", "realized", T + 999)], IDENTITIES) == SPEC_SAMPLE
+    assert formatter.format(VIEW, [("aud-delorean", "realized", T + 999)], IDENTITIES) == DOCUMENTED_SAMPLE
 
 
 UNMAPPED = audience("aud-fans", "x = 1", name="Science fiction fans")

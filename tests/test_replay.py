@@ -50,6 +50,7 @@ def test_replay_sends_once_and_keeps_failures(moto_server, kinesis_stream, fault
 
 def test_replay_missing_stream_is_one_line(moto_server, tmp_path, capsys):
     config = write_config(tmp_path, moto_server, "no-such-stream")
+    os.makedirs(tmp_path / "dl", exist_ok=True)
     assert replay.main(["--config", config, "--dead_letter", str(tmp_path / "dl")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: stream 'no-such-stream' in us-east-2 does not exist (or is not visible to these credentials)"]

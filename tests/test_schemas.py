@@ -1,4 +1,4 @@
-"""The schemas in schemas/ agree with the config loader and the SPEC 3, 4 and 6 samples."""
+"""The schemas in schemas/ agree with the config loader and with the config and record samples of docs/semantics.md."""
 import datetime
 import json
 
@@ -29,7 +29,7 @@ def test_documented_configs_validate_and_load(path, monkeypatch):
 
 
 def test_loader_extensions_are_in_the_schema():
-    """What the loader accepts beyond the SPEC example: epoch-ms times, bare mapped ids, a single
+    """What the loader accepts beyond the documented basics example: epoch-ms times, bare mapped ids, a single
     policy without the default flag, numbers from the environment (the schema sees the document
     after ``${NAME}`` expansion)."""
     with open(EXAMPLE) as f:
@@ -75,13 +75,13 @@ def test_invalid_configs_are_rejected_by_schema_and_loader(change):
         config_from_dict(doc, "examples", ENV)
 
 
-SPEC_UPDATE = {"profileId": "p-1", "timestamp": "2024-05-01T10:00:00Z", "datasetId": "crm",
+DOCUMENTED_UPDATE = {"profileId": "p-1", "timestamp": "2024-05-01T10:00:00Z", "datasetId": "crm",
                "identityMap": {"email": [{"id": "john@acme.com"}], "ecid": [{"id": "1457"}]},
                "identityRemovals": {"ecid": ["1457"]},
                "attributes": {"person": {"name": {"firstName": "John"}}, "loyalty": {"points": None}},
                "event": {"eventType": "commerce.purchases", "commerce": {"order": {"priceTotal": 120.5}}}}
 
-SPEC_RECORD = {"person": {"name": {"firstName": "John", "lastName": "Doe"}, "birthDate": "1985-10-26"},
+DOCUMENTED_RECORD = {"person": {"name": {"firstName": "John", "lastName": "Doe"}, "birthDate": "1985-10-26"},
                "personalEmail": {"address": "john.doe@acme.com"},
                "segmentMembership": {"ups": {"aud-delorean": {
                    "lastQualificationTime": "2024-05-01T10:00:00Z", "status": "realized",
@@ -95,10 +95,10 @@ EXPORT = {"id": "a" * 64, "sequence": 3, "at": 1714557600000, "triggers": ["audi
 
 
 def test_spec_samples_validate():
-    jsonschema.validate(SPEC_UPDATE, load_schema("profile_update.schema.json"))
+    jsonschema.validate(DOCUMENTED_UPDATE, load_schema("profile_update.schema.json"))
     jsonschema.validate({"profileId": "p-2", "timestamp": 1714557600000}, load_schema("profile_update.schema.json"))
-    jsonschema.validate(SPEC_RECORD, load_schema("export_record.schema.json"))
-    jsonschema.validate({**SPEC_RECORD, "_export": EXPORT}, load_schema("export_record.schema.json"))
+    jsonschema.validate(DOCUMENTED_RECORD, load_schema("export_record.schema.json"))
+    jsonschema.validate({**DOCUMENTED_RECORD, "_export": EXPORT}, load_schema("export_record.schema.json"))
 
 
 def changed(doc, path, value):
@@ -119,20 +119,20 @@ UPS = ("segmentMembership", "ups", "aud-delorean")
 
 
 @pytest.mark.parametrize("schema,doc", [
-    ("profile_update", changed(SPEC_UPDATE, ("profileId",), None)),
-    ("profile_update", changed(SPEC_UPDATE, ("timestamp",), None)),
-    ("profile_update", changed(SPEC_UPDATE, ("timestamp",), True)),
-    ("profile_update", changed(SPEC_UPDATE, ("identityMap", "email"), [{"value": "x"}])),
-    ("profile_update", changed(SPEC_UPDATE, ("attributes",), ["x"])),
-    ("export_record", changed(SPEC_RECORD, UPS + ("status",), "existing")),
-    ("export_record", changed(SPEC_RECORD, UPS + ("lastQualificationTime",), "2024-05-01T10:00:00.000Z")),
-    ("export_record", changed(SPEC_RECORD, UPS + ("createdAt",), "2022-03-29")),
-    ("export_record", changed(SPEC_RECORD, UPS + ("lastQualificationTime",), None)),
-    ("export_record", changed(SPEC_RECORD, ("identityMap", "email"), [{"id": 5}])),
-    ("export_record", changed(SPEC_RECORD, ("segmentMembership", "ups"), None)),
-    ("export_record", {**SPEC_RECORD, "_export": {**EXPORT, "triggers": ["timer"]}}),
-    ("export_record", {**SPEC_RECORD, "_export": {**EXPORT, "sequence": -1}}),
-    ("export_record", {**SPEC_RECORD, "_export": {k: v for k, v in EXPORT.items() if k != "id"}}),
+    ("profile_update", changed(DOCUMENTED_UPDATE, ("profileId",), None)),
+    ("profile_update", changed(DOCUMENTED_UPDATE, ("timestamp",), None)),
+    ("profile_update", changed(DOCUMENTED_UPDATE, ("timestamp",), True)),
+    ("profile_update", changed(DOCUMENTED_UPDATE, ("identityMap", "email"), [{"value": "x"}])),
+    ("profile_update", changed(DOCUMENTED_UPDATE, ("attributes",), ["x"])),
+    ("export_record", changed(DOCUMENTED_RECORD, UPS + ("status",), "existing")),
+    ("export_record", changed(DOCUMENTED_RECORD, UPS + ("lastQualificationTime",), "2024-05-01T10:00:00.000Z")),
+    ("export_record", changed(DOCUMENTED_RECORD, UPS + ("createdAt",), "2022-03-29")),
+    ("export_record", changed(DOCUMENTED_RECORD, UPS + ("lastQualificationTime",), None)),
+    ("export_record", changed(DOCUMENTED_RECORD, ("identityMap", "email"), [{"id": 5}])),
+    ("export_record", changed(DOCUMENTED_RECORD, ("segmentMembership", "ups"), None)),
+    ("export_record", {**DOCUMENTED_RECORD, "_export": {**EXPORT, "triggers": ["timer"]}}),
+    ("export_record", {**DOCUMENTED_RECORD, "_export": {**EXPORT, "sequence": -1}}),
+    ("export_record", {**DOCUMENTED_RECORD, "_export": {k: v for k, v in EXPORT.items() if k != "id"}}),
 ])
 def test_malformed_updates_and_records_are_rejected(schema, doc):
     with pytest.raises(jsonschema.ValidationError):
@@ -151,9 +151,9 @@ def test_avro_schema_documents_json_encoded_objects():
 def test_avro_schema_parses_and_round_trips(tmp_path):
     from pipelines.sample_data import write_avro_updates
     from transforms.inputs import read_avro_updates
-    path = write_avro_updates(str(tmp_path / "u.avro"), [SPEC_UPDATE])
+    path = write_avro_updates(str(tmp_path / "u.avro"), [DOCUMENTED_UPDATE])
     [update] = list(read_avro_updates(path))
-    assert update.attributes == SPEC_UPDATE["attributes"] and update.event["timestamp"] == 1714557600000
+    assert update.attributes == DOCUMENTED_UPDATE["attributes"] and update.event["timestamp"] == 1714557600000
 
 
 @pytest.mark.parametrize("name", ["config.schema.json", "export_record.schema.json", "profile_update.schema.json"])

@@ -1,4 +1,4 @@
-"""Parquet snapshots (SPEC 4): rows to profile states, the seed transform, events, one-line errors."""
+"""Parquet snapshots (docs/semantics.md#inputs): rows to profile states, the seed transform, events, one-line errors."""
 import datetime as dt
 import json
 

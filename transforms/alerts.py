@@ -1,4 +1,4 @@
-"""Alerts (SPEC 7): a log line starting ``ALERT`` and a JSON line in ``<dead_letter>/alerts.jsonl``.
+"""Alerts (docs/semantics.md#kinesis-sink): a log line starting ``ALERT`` and a JSON line in ``<dead_letter>/alerts.jsonl``.
 
 Local roots get a true append to ``alerts.jsonl``; object stores (no append) get one
 ``alerts-<uuid>.jsonl`` per alert beside it.

@@ -1,38 +1,56 @@
 """``AudienceSet``: every audience of a config, compiled once and ordered for evaluation.
 
 Rule audiences are compiled by ``transforms.rules``; ``inSegment`` dependencies come first so
-one pass evaluates them all. Custom upload audiences (SPEC 5) are a set of identity values of
+one pass evaluates them all. Custom upload audiences (docs/semantics.md#profiles-and-audiences) are a set of identity values of
 one namespace read from a CSV (values stripped, empty cells skipped, matched exactly); a
 profile is a member while its identity map holds one of them, and never from the upload's
 ``expires_at`` on (its members exit then, by the exporter's event-time timer).
+
+Upload CSVs are read through Beam's FileSystems (``gs://``, ``s3://``, local) where the work
+runs: ``AudienceSet`` reads them on first use, in a DoFn's ``setup`` on the worker, so a
+launcher that only plans the pipeline (which audiences use events, how long events are kept)
+never reads or ships their contents; config validation (``check_audiences``) opens each file
+and reads only its header.
 """
 from __future__ import annotations
 
 import csv
+import io
 from typing import Collection, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
 
 from transforms.config import AudienceDefinition, ExportConfig, UploadSource
+from transforms.errors import io_reason
 from transforms.rules import AudienceRule, RuleError, compile_rule
 from transforms.vectorized import identity_membership
 
 _EMPTY: dict = {}
 
 
-def _read_upload(upload: UploadSource) -> FrozenSet[str]:
-    """The stripped, non-empty values of the CSV's ``column``; one-line ValueError naming the file."""
+class _NoColumn(ValueError):
+    pass
+
+
+def _read_upload(upload: UploadSource, header_only: bool = False) -> FrozenSet[str]:
+    """The stripped, non-empty values of the CSV's ``column`` (none with ``header_only``: the
+    file is opened and its header checked); one-line ValueError naming the file."""
+    from apache_beam.io.filesystems import FileSystems
     try:
-        with open(upload.path, newline="", encoding="utf-8-sig") as f:
+        with io.TextIOWrapper(FileSystems.open(upload.path), encoding="utf-8-sig", newline="") as f:
             reader = csv.reader(f)
             header = [h.strip() for h in next(reader, [])]
             if upload.column not in header:
-                raise ValueError(f"{upload.path}: no column {upload.column!r} (columns: {', '.join(header) or 'none'})")
+                raise _NoColumn(f"{upload.path}: no column {upload.column!r} (columns: {', '.join(header) or 'none'})")
+            if header_only:
+                return frozenset()
             i = header.index(upload.column)
             return frozenset(v for row in reader if len(row) > i and (v := row[i].strip()))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise ValueError(f"{upload.path}: cannot read upload file: {getattr(e, 'strerror', None) or e}") from None
+    except _NoColumn:
+        raise
+    except Exception as e:  # any filesystem's "cannot open" (OSError, BeamIOError, S3 client errors), bad text
+        raise ValueError(f"{upload.path}: cannot read upload file: {io_reason(e)}") from None
 
 
 def _order(audiences: Sequence[AudienceDefinition], refs: Mapping[str, FrozenSet[str]]) -> List[AudienceDefinition]:
@@ -69,11 +87,10 @@ def _order(audiences: Sequence[AudienceDefinition], refs: Mapping[str, FrozenSet
 class AudienceSet:
     """All audiences of one config; see the module docstring."""
 
-    def __init__(self, ordered: Sequence[AudienceDefinition], rules: Mapping[str, AudienceRule],
-                 uploads: Mapping[str, FrozenSet[str]]):
+    def __init__(self, ordered: Sequence[AudienceDefinition], rules: Mapping[str, AudienceRule]):
         self.ordered: Tuple[AudienceDefinition, ...] = tuple(ordered)
         self.rules = dict(rules)
-        self.uploads = dict(uploads)
+        self._uploads: Optional[Dict[str, FrozenSet[str]]] = None  # read on first use (module docstring)
         self.policy_ids: Tuple[str, ...] = tuple(dict.fromkeys(a.merge_policy for a in self.ordered))
         event_rules = [r for r in self.rules.values() if r.uses_events]
         windows = [r.window_ms for r in event_rules]
@@ -83,30 +100,42 @@ class AudienceSet:
         self._event_rules = tuple(event_rules)
         # upload audiences with ``expires_at``: no members from that instant on
         self.expiries: Dict[str, int] = {a.id: a.upload.expires_at_ms for a in self.ordered
-                                         if a.id in self.uploads and a.upload.expires_at_ms is not None}
+                                         if a.id not in self.rules and a.upload and a.upload.expires_at_ms is not None}
         # a profile needs an event-time timer when events leave windows or uploads expire
         self.timed = self.event_retention_ms != 0 or bool(self.expiries)
         self._upload_values = None   # the upload sets as pyarrow arrays, built by the first batch
-        # one tuple per audience: (id, policy, rule closure or None,
-        # (namespace, values, expires_at ms or None) or None)
-        self._plan = tuple(
-            (a.id, a.merge_policy, self.rules[a.id].evaluate if a.id in self.rules else None,
-             (a.upload.namespace, self.uploads[a.id], self.expiries.get(a.id)) if a.id in self.uploads else None)
-            for a in self.ordered)
+        self._plan = None            # per-profile evaluation plan, built on first use
 
     @classmethod
     def from_config(cls, config: ExportConfig) -> "AudienceSet":
-        """Compiles every rule and reads every upload CSV; ``RuleError``/ValueError otherwise."""
+        """Compiles every rule (``RuleError`` otherwise); upload CSVs are read on first use."""
         rules = {a.id: compile_rule(a.id, a.rule) for a in config.audiences if a.rule is not None}
-        uploads = {a.id: _read_upload(a.upload) for a in config.audiences if a.rule is None and a.upload}
         ordered = _order(config.audiences, {aid: r.segment_refs for aid, r in rules.items()})
-        return cls(ordered, rules, uploads)
+        return cls(ordered, rules)
+
+    @property
+    def uploads(self) -> Dict[str, FrozenSet[str]]:
+        """Upload audience id -> its identity values, read from the CSVs at the first access
+        (ValueError naming the file when one cannot be read)."""
+        if self._uploads is None:
+            self._uploads = {a.id: _read_upload(a.upload) for a in self.ordered if a.id not in self.rules and a.upload}
+        return self._uploads
+
+    def _evaluation_plan(self):
+        """One tuple per audience: (id, policy, rule closure or None,
+        (namespace, values, expires_at ms or None) or None)."""
+        uploads = self.uploads
+        self._plan = tuple(
+            (a.id, a.merge_policy, self.rules[a.id].evaluate if a.id in self.rules else None,
+             (a.upload.namespace, uploads[a.id], self.expiries.get(a.id)) if a.id in uploads else None)
+            for a in self.ordered)
+        return self._plan
 
     def evaluate(self, views: Mapping[str, Mapping], identities: Mapping[str, Sequence[str]],
                  events: Sequence[Mapping], now_ms: int) -> FrozenSet[str]:
         """The ids of the audiences the profile is realized in, each on its own policy's view."""
         seg: Dict[str, bool] = {}
-        for aid, policy, rule, upload in self._plan:
+        for aid, policy, rule, upload in self._plan or self._evaluation_plan():
             if rule is not None:
                 seg[aid] = rule(views.get(policy, _EMPTY), events, now_ms, seg)
             elif upload is not None:
@@ -175,7 +204,7 @@ def check_audiences(config: ExportConfig) -> List[str]:
             refs[a.id] = frozenset(valid)
         elif a.upload is not None:
             try:
-                _read_upload(a.upload)
+                _read_upload(a.upload, header_only=True)
             except ValueError as e:
                 errors.append(f"audiences[{i}].upload: {e}")
     try:

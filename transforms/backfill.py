@@ -1,4 +1,4 @@
-"""Backfill: a snapshot's qualified profiles as export records, vectorized (SPEC 6 "Backfill").
+"""Backfill: a snapshot's qualified profiles as export records, vectorized (docs/semantics.md#exports "Backfill").
 
 For the selected mapped audiences, every row whose rule holds at ``as_of`` is exported once
 per merge policy, as ``realized``: the selected audiences it qualifies for play the part of the
@@ -42,13 +42,15 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
 from transforms.arrow_text import concat as _concat, json_escaped, python_where as _python_where
+from transforms import progress
 from transforms.audiences import AudienceSet, compile_consent
 from transforms.config import ExportConfig
 from transforms.event_join import EventContributions, EventPlan, default_buckets, from_ipc, split_by_bucket
 from transforms.model import DeadLetter, ExportRecordBatch
 from transforms.record_format import MAX_PARTITION_KEY_CHARS, RecordFormatter, encode_json, export_id
 from transforms.snapshot import (DEAD_LETTER, RESERVED, ReadParquetRowGroups, check_files, drop_nulls,
-                                 membership_entries, normalized_identities, read_row_group, total_bytes)
+                                 membership_entries, normalized_identities, read_row_group, split_dead_letters,
+                                 total_bytes)
 from transforms.timeutil import format_qualification_time
 
 _NO_TEXT = pa.scalar(None, pa.string())
@@ -57,7 +59,7 @@ _NO_TEXT = pa.scalar(None, pa.string())
 def _join_members(members: Sequence[pa.Array]) -> pa.Array:
     """Concatenation of each row's present members ("" where none), in one pass. Members
     carry their own leading comma; ``null_handling="replace"``, not ``"skip"``, which drops
-    rows whose values are all null (SPEC 9)."""
+    rows whose values are all null (docs/DEVELOPING.md)."""
     return pc.binary_join_element_wise(*members, "", null_handling="replace", null_replacement="")
 
 
@@ -308,6 +310,7 @@ class _ExportFn(beam.DoFn):
 
     def _export(self, batch: pa.RecordBatch, event_aggregates=None):
         self._profiles.inc(batch.num_rows)
+        progress.add(progress.PROFILES, batch.num_rows)
         results, members = self._exporter.export(batch, event_aggregates)
         if self._exporter.withheld:
             Metrics.counter("backfill", "consent_withheld").inc(self._exporter.withheld)
@@ -319,10 +322,8 @@ class _ExportFn(beam.DoFn):
             Metrics.counter("backfill", f"members_{audience_id}").inc(pc.sum(members[audience_id]).as_py() or 0)
 
 
-def _unreadable(path: str, row_group: int, e: Exception) -> beam.pvalue.TaggedOutput:
-    Metrics.counter("backfill", "input_dead_letters").inc()
-    return beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(f"--snapshot: cannot read: {e}", path,
-                                                            f"row group {row_group}", ""))
+def _unreadable(path: str, row_group: int, e: Exception) -> DeadLetter:
+    return DeadLetter(f"--snapshot: cannot read: {e}", path, f"row group {row_group}", "")
 
 
 class _ExportRowGroupFn(_ExportFn):
@@ -410,21 +411,20 @@ class ExportSnapshot(beam.PTransform):
 
     def expand(self, pbegin):
         snapshot = pbegin | "SnapshotFiles" >> ReadParquetRowGroups(self._snapshot, "--snapshot")
-        work = snapshot.work | "SpreadRowGroups" >> beam.Reshuffle()
-        dead = [snapshot.dead_letter]
+        work = snapshot["work"] | "SpreadRowGroups" >> beam.Reshuffle()
+        dead = [snapshot[DEAD_LETTER]]
         args = (self._config, self._selected, self._as_of_ms, self._batch_size)
         if self._events is None:
-            out = work | "EvaluateAndFormat" >> beam.ParDo(_ExportRowGroupFn(*args)).with_outputs(
-                DEAD_LETTER, main="records")
+            out = split_dead_letters(work | "EvaluateAndFormat" >> beam.ParDo(_ExportRowGroupFn(*args)), "records")
+            records = out["records"]
+            dead.append(out[DEAD_LETTER])
         else:
             events = pbegin | "EventContributions" >> EventContributions(
                 self._config, self._events, self._as_of_ms, self._buckets, self._batch_size)
-            pieces = work | "SnapshotPieces" >> beam.ParDo(_SnapshotPiecesFn(
-                self._columns, self._buckets, self._batch_size)).with_outputs(DEAD_LETTER, main="pieces")
-            joined = ({"snapshot": pieces.pieces, "events": events["pieces"]}
+            pieces = split_dead_letters(work | "SnapshotPieces" >> beam.ParDo(_SnapshotPiecesFn(
+                self._columns, self._buckets, self._batch_size)), "pieces")
+            joined = ({"snapshot": pieces["pieces"], "events": events["pieces"]}
                       | "JoinByBucket" >> beam.CoGroupByKey())
-            out = joined | "EvaluateAndFormat" >> beam.ParDo(_JoinBucketFn(*args)).with_outputs(
-                DEAD_LETTER, main="records")
-            dead += [events["dead_letter"], pieces.dead_letter]
-        dead.append(out.dead_letter)
-        return {"records": out.records, "dead_letter": tuple(dead) | "DeadLetters" >> beam.Flatten()}
+            records = joined | "EvaluateAndFormat" >> beam.ParDo(_JoinBucketFn(*args))
+            dead += [events[DEAD_LETTER], pieces[DEAD_LETTER]]
+        return {"records": records, DEAD_LETTER: tuple(dead) | "DeadLetters" >> beam.Flatten()}

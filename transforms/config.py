@@ -37,12 +37,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import os
+import posixpath
 import re
 from typing import List, Mapping as TMapping, Optional, Tuple
 
 import yaml
 
-from transforms.errors import UserError
+from transforms.errors import UserError, io_reason
 from transforms.timeutil import parse_timestamp_ms
 
 
@@ -105,6 +106,7 @@ class Destination:
     retry: RetrySettings = RetrySettings()
     include_export_metadata: bool = False   # records end with ``_export`` (id, sequence, at, triggers)
     max_record_bytes: int = 1048576         # data plus partition key, 1 KiB..10 MiB
+    max_requests_in_flight: int = 8         # PutRecords requests one sink instance has out at once
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,8 +258,14 @@ def _type_name(value) -> str:
 
 
 def _resolve(path: str, base_dir: str) -> str:
+    """``path`` relative to the config's folder, a local directory or a URL (``s3://b/cfg``:
+    ``../vip.csv`` is ``s3://b/vip.csv``; a URL's bucket is never left)."""
     if _URL.match(path) or os.path.isabs(path):
         return path
+    if _URL.match(base_dir):
+        scheme, rest = base_dir.split("://", 1)
+        bucket, _, folder = rest.partition("/")
+        return f"{scheme}://{bucket}{posixpath.normpath(posixpath.join('/', folder, path))}"
     return os.path.normpath(os.path.join(base_dir, path))
 
 
@@ -270,17 +278,27 @@ def _read_text(path: str) -> str:
         return f.read().decode("utf-8")
 
 
+def _editor_position(text: str, mark) -> Tuple[int, int]:
+    """A YAML error's (line, column) from 1, as an editor shows them. PyYAML marks an error
+    found at the end of the text (an unclosed bracket or quote) after the final line break, one
+    line below the last one; that is the end of the last non-blank line."""
+    if text[mark.index:].strip():
+        return mark.line + 1, mark.column + 1
+    end = len(text.rstrip())
+    return text.count("\n", 0, end) + 1, end - text.rfind("\n", 0, end)
+
+
 def load_config(path: str, environ: Optional[TMapping[str, str]] = None) -> ExportConfig:
     """Read, expand and validate a YAML or JSON config file; ``ConfigError`` lists every problem."""
     try:
         text = _read_text(path)
     except Exception as e:  # any filesystem's "cannot open" becomes one line
-        raise ConfigFileError([f"cannot read config file: {getattr(e, 'strerror', None) or e}"], path) from None
+        raise ConfigFileError([f"cannot read config file: {io_reason(e)}"], path) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        where = " at line {}, column {}".format(*_editor_position(text, mark)) if mark else ""
         raise ConfigFileError([f"not valid YAML or JSON{where}: {getattr(e, 'problem', None) or e}"], path) from None
     base_dir = path.rsplit("/", 1)[0] if _URL.match(path) else os.path.dirname(os.path.abspath(path))
     return config_from_dict(data, base_dir, os.environ if environ is None else environ, source=path)
@@ -481,7 +499,8 @@ def _destination(d: dict, base_dir: str, errors: List[str]) -> Destination:
         include_segment_names=d.get("include_segment_names", False),
         include_segment_timestamps=d.get("include_segment_timestamps", False), retry=retry,
         include_export_metadata=d.get("include_export_metadata", False),
-        max_record_bytes=d.get("max_record_bytes", 1048576))
+        max_record_bytes=d.get("max_record_bytes", 1048576),
+        max_requests_in_flight=d.get("max_requests_in_flight", 8))
 
 
 def _merge_policies(raw: list, errors: List[str]) -> Tuple[MergePolicyConfig, ...]:

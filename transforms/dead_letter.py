@@ -1,4 +1,4 @@
-"""Input dead letters: JSON lines under ``<dead_letter>/input/`` (SPEC 4).
+"""Input dead letters: JSON lines under ``<dead_letter>/input/`` (docs/semantics.md#inputs).
 
 One file per bundle, written under a temporary name and renamed when the bundle finishes, so
 it works unwindowed in streaming as in batch and a reader never sees a half-written file.

@@ -47,7 +47,8 @@ from apache_beam.metrics import Metrics
 from transforms.audiences import AudienceSet
 from transforms.model import DeadLetter
 from transforms.rules import AudienceRule, Events, as_number, compile_node, walk
-from transforms.snapshot import DEAD_LETTER, ReadParquetRowGroups, drop_nulls, read_row_group, times_ms
+from transforms.snapshot import (DEAD_LETTER, ReadParquetRowGroups, drop_nulls, read_row_group, split_dead_letters,
+                                 times_ms)
 from transforms.timeutil import parse_timestamp_ms
 from transforms.vectorized import compile_vectorized
 
@@ -263,12 +264,11 @@ def _numbers_at(events: pa.RecordBatch, path: Tuple[str, ...]) -> pa.Array:
 
 class _EventContributionsFn(beam.DoFn):
     """An events work item (Parquet row group, or a whole JSONL file) -> ``(bucket, IPC blob)``
-    contributions; bad rows and unreadable files to the ``dead_letter`` output."""
+    contributions; bad rows and unreadable files as ``DeadLetter`` elements."""
 
     def __init__(self, plan_args: tuple, buckets: int, batch_size: int):
         self._plan_args, self._buckets, self._batch_size = plan_args, buckets, batch_size
         self._read = Metrics.counter("backfill", "events_read")
-        self._dead = Metrics.counter("backfill", "input_dead_letters")
 
     def setup(self):
         config, as_of_ms = self._plan_args
@@ -284,15 +284,12 @@ class _EventContributionsFn(beam.DoFn):
                 chunks = self._parquet_chunks(path, row_group, first)
             for table, dead in chunks:
                 self._read.inc(table.num_rows + len(dead))
-                self._dead.inc(len(dead))
-                for letter in dead:
-                    yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
+                yield from dead
                 for batch in table.to_batches():
                     yield from split_by_bucket(batch, self._buckets)
         except (OSError, ValueError, pa.ArrowException) as e:
-            self._dead.inc()
             where = "" if row_group is None else f"row group {row_group}"
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(f"--events: cannot read: {e}", path, where or None, ""))
+            yield DeadLetter(f"--events: cannot read: {e}", path, where or None, "")
 
     def _parquet_chunks(self, path, row_group, first):
         for batch in read_row_group(path, row_group, self._plan.columns, self._batch_size):
@@ -334,8 +331,8 @@ class EventContributions(beam.PTransform):
 
     def expand(self, pbegin):
         files = pbegin | "EventFiles" >> ReadParquetRowGroups(self._pattern, "--events")
-        out = (files.work
-               | "SpreadEventGroups" >> beam.Reshuffle()
-               | "Contributions" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER, main="pieces"))
-        return {"pieces": out.pieces,
-                "dead_letter": (files.dead_letter, out.dead_letter) | "EventDeadLetters" >> beam.Flatten()}
+        out = split_dead_letters(files["work"]
+                                 | "SpreadEventGroups" >> beam.Reshuffle()
+                                 | "Contributions" >> beam.ParDo(self._fn), "pieces")
+        return {"pieces": out["pieces"],
+                DEAD_LETTER: (files[DEAD_LETTER], out[DEAD_LETTER]) | "EventDeadLetters" >> beam.Flatten()}

@@ -1,8 +1,8 @@
-"""``ExportProfileChanges``: profile updates in, export records out (SPEC 5-6), over keyed state.
+"""``ExportProfileChanges``: profile updates in, export records out (docs/semantics.md#profiles-and-audiences), over keyed state.
 
 One stateful DoFn keyed by profileId with one ``ReadModifyWriteState`` cell (the whole
 ``ProfileState``, ``ProfileStateCoder``) and, only when some rule reads events or an upload
-expires, one event-time timer: each state cell or timer costs the DirectRunner a per-key, per-bundle price (SPEC 9).
+expires, one event-time timer: each state cell or timer costs the DirectRunner a per-key, per-bundle price (docs/DEVELOPING.md).
 A record keeps the element timestamp of what produced it: its update (the readers stamp each
 update with its own time) or its timer; a time-window change caught up by a later update goes
 out with that update's timestamp. (Re-stamping each record with its ``event_time_ms`` cost the
@@ -30,7 +30,7 @@ Event time, per profile:
 - time-window changes and upload expiries are due at ``AudienceSet.next_change_ms``; the timer
   is set only when that instant changes, and only when some rule reads events or an upload expires. Changes due strictly before an
   update are acted on first, inline, at their own instants (a bounded input is read before any
-  timer fires, SPEC 2), so the timer only ever catches a profile that stays quiet;
+  timer fires, docs/semantics.md#command-lines), so the timer only ever catches a profile that stays quiet;
 - with ``until_ms`` (bounded replay) nothing due after it is acted on: the watermark jumps to
   +inf at the end of a bounded input and would fire everything. (The DirectRunner holds no
   watermark for timers, so records of timers that fire only at that +inf are late for a
@@ -55,7 +55,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
-from transforms import profile_state
+from transforms import profile_state, progress
 from transforms.audiences import AudienceSet, compile_consent
 from transforms.config import ExportConfig
 from transforms.export_decision import EXITED, ExportDecider, ExportPlan, PathMatcher
@@ -129,8 +129,8 @@ class ProfileExporter:
     profile never evaluated (a fresh seed). Any other change leaves every rule's result as it
     was: the profile's evaluation time still moves on as if it had been evaluated, and the
     update can still export through a mapped attribute write or an identity change. (Past
-    ``until_ms`` time-window changes are not timed, so there a profile with events is always
-    evaluated.)"""
+    ``until_ms`` time-window changes and upload expiries are not timed, so there a profile with
+    events, or still in an upload audience that has expired, is always evaluated.)"""
 
     def __init__(self, config: ExportConfig, audiences: AudienceSet, until_ms: Optional[int] = None):
         self.audiences = audiences
@@ -186,7 +186,9 @@ class ProfileExporter:
                 or (changed and self.rule_inputs.any(changed)) \
                 or (identities_changed and self.reads_identities) \
                 or (timer is not None and timer <= now) \
-                or (self.until_ms is not None and now > self.until_ms and state.events):
+                or (self.until_ms is not None and now > self.until_ms
+                    and (state.events or any(due <= now and a in state.realized
+                                             for a, due in self.audiences.expiries.items()))):
             if evaluated is not None and evaluated > now:
                 now = evaluated
             self._evaluate(key, state, now, update.timestamp_ms, identities_changed, attribute_written, out)
@@ -308,6 +310,7 @@ class _ExportProfileChangesFn(beam.DoFn):
     def setup(self):
         self._exporter = ProfileExporter(self._config, AudienceSet.from_config(self._config), self._until_ms)
         self._writes = 0
+        self._evaluated = progress.Tally(progress.UPDATES_EVALUATED)  # live progress lines
 
     def start_bundle(self):
         self._counts = collections.Counter()  # counted here, reported once per bundle
@@ -317,6 +320,7 @@ class _ExportProfileChangesFn(beam.DoFn):
         self._exporter.counts.clear()
         for name, n in self._counts.items():
             Metrics.counter("export", name).inc(n)
+        self._evaluated.flush()
 
     def process(self, element: Tuple[str, ProfileUpdate], profile=beam.DoFn.StateParam(PROFILE),
                 seeds=None) -> Iterator[Any]:
@@ -325,6 +329,7 @@ class _ExportProfileChangesFn(beam.DoFn):
     def _on_update(self, element, profile, time_change, seeds):
         key, update = element
         self._counts["updates"] += 1
+        self._evaluated.inc()
         state = profile.read()
         if state is None:
             found = list(seeds[key]) if seeds is not None else ()
@@ -378,7 +383,7 @@ class _TimedExportProfileChangesFn(_ExportProfileChangesFn):
 
 
 class ExportProfileChanges(beam.PTransform):
-    """``PCollection[ProfileUpdate]`` -> ``PCollection[ExportRecord]`` (SPEC 6), optionally
+    """``PCollection[ProfileUpdate]`` -> ``PCollection[ExportRecord]`` (docs/semantics.md#exports), optionally
     seeded from ``PCollection[SnapshotProfile]``; ``until_ms`` caps time-window changes in a
     bounded replay."""
 

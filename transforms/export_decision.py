@@ -1,4 +1,4 @@
-"""When a profile is exported and which records it gets (SPEC 6 points 1-4, and the activation
+"""When a profile is exported and which records it gets (docs/semantics.md#exports points 1-4, and the activation
 controls: trigger switches, upload expiry, consent opt-out and opt-in records).
 
 Given the memberships before and after an update (or timer), whether the identity map changed

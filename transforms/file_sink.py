@@ -1,5 +1,5 @@
 """``--output PATH``: the export records as JSON lines ``{"partitionKey": ..., "data": {...}}``
-in ``PATH/records-*.jsonl`` (SPEC 2), for dry runs.
+in ``PATH/records-*.jsonl`` (docs/semantics.md#command-lines), for dry runs.
 
 One line builder for every path: ``record_lines`` concatenates escaped keys and data with
 pyarrow kernels (the data is already compact JSON: no re-parse). ``ExportRecordBatch``

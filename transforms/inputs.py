@@ -1,4 +1,4 @@
-"""Profile updates from JSON lines and Avro container files (SPEC 4).
+"""Profile updates from JSON lines and Avro container files (docs/semantics.md, "Inputs").
 
 Parsing is pure (``parse_json_update``, ``read_avro_updates``): a malformed line or record
 becomes a ``DeadLetter`` with its reason and source position, never an exception, and the
@@ -8,12 +8,15 @@ line numbers exact) and emits two tagged outputs, ``updates`` and ``dead_letter`
 Decisions: unknown top-level keys are ignored (producers add fields; the record is still
 usable); an ``event`` without its own ``timestamp`` takes the update's; timestamps must fall in
 years 1 to 9999 (what ISO text and Beam's event time can hold). Files are read by extension:
-``.avro`` as Avro, anything else as JSON lines (``.gz``/``.bz2``/... decompressed by Beam).
+``.avro`` as Avro, anything else as JSON lines (``.gz``/``.bz2``/... decompressed by Beam). A
+directory (``--input DIR`` or ``watch:DIR``) holds more than updates (a config, a snapshot, a
+README), so from a directory only ``UPDATE_FILE_SUFFIXES`` are read; a glob is taken as given.
 """
 from __future__ import annotations
 
 import io
 import json
+import os
 import time
 from typing import Any, Dict, Iterable, Iterator, Optional, Tuple, Union
 
@@ -27,6 +30,7 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
+from transforms import progress
 from transforms.errors import UserError
 from transforms.model import DeadLetter, ProfileUpdate
 from transforms.timeutil import now_ms, parse_timestamp_ms
@@ -110,11 +114,19 @@ def update_from_dict(doc: Any) -> ProfileUpdate:
                          attributes, event)
 
 
+def json_error(e: json.JSONDecodeError) -> str:
+    """The reason with the column (from 1) where the text goes wrong: for a string left open
+    (a truncated line) that is the end of the text, not the string's start."""
+    if e.msg.startswith("Unterminated string"):
+        return f"invalid JSON: unterminated string at column {len(e.doc) + 1} (opened at column {e.colno})"
+    return f"invalid JSON: {e.msg} at column {e.colno}"
+
+
 def parse_json_update(line: Union[str, bytes], source: str, line_no: int) -> Union[ProfileUpdate, DeadLetter]:
-    try:
-        return update_from_dict(json.loads(line))
+    try:  # without its line break, a truncated line's error is at its end, not "line 2 column 1"
+        return update_from_dict(json.loads(line.rstrip(b"\r\n" if isinstance(line, bytes) else "\r\n")))
     except json.JSONDecodeError as e:
-        reason = f"invalid JSON: {e.msg} at column {e.colno}"
+        reason = json_error(e)
     except InvalidUpdate as e:
         reason = str(e)
     except UnicodeDecodeError as e:
@@ -145,7 +157,7 @@ def _avro_document(record: Dict[str, Any]) -> Dict[str, Any]:
             try:
                 doc[key] = json.loads(doc[key])
             except json.JSONDecodeError as e:
-                raise InvalidUpdate(f"field '{key}': invalid JSON: {e.msg} at column {e.colno}") from None
+                raise InvalidUpdate(f"field '{key}': {json_error(e)}") from None
     return doc
 
 
@@ -179,7 +191,7 @@ def read_updates_file(path: str) -> Iterator[Union[ProfileUpdate, DeadLetter]]:
         yield DeadLetter(f"cannot read input file: {e}", path, None, "")
         return
     with f:
-        if path.endswith(".avro"):
+        if _without_compression(path).endswith(".avro"):
             yield from read_avro_updates(f, path)
         else:  # Beam's decompressing file is not iterable: read by readline
             yield from iter_json_updates(iter(f.readline, b""), path)
@@ -190,24 +202,60 @@ class _ReadUpdatesFileFn(beam.DoFn):
         self._updates = Metrics.counter("inputs", "updates_read")
         self._bad = Metrics.counter("inputs", "input_dead_letters")
 
+    def setup(self):
+        self._read, self._dead = progress.Tally(progress.UPDATES), progress.Tally(progress.INPUTS_DEAD_LETTERED)
+
     def process(self, path: str):
         for item in read_updates_file(path):
             if isinstance(item, ProfileUpdate):
                 self._updates.inc()
+                self._read.inc()
                 yield TimestampedValue(item, item.timestamp_ms / 1000.0)
             else:
                 self._bad.inc()
+                self._dead.inc()
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER, item)
+
+    def finish_bundle(self):
+        self._read.flush()
+        self._dead.flush()
+
+
+UPDATE_FILE_SUFFIXES = (".jsonl", ".json", ".avro")
+COMPRESSION_SUFFIXES = (".gz",)
+
+
+def _without_compression(path: str) -> str:
+    for suffix in COMPRESSION_SUFFIXES:
+        if path.endswith(suffix):
+            return path[:-len(suffix)]
+    return path
+
+
+def is_update_file(path: str) -> bool:
+    """What a directory contributes: ``*.jsonl``, ``*.json``, ``*.avro`` and their ``.gz``,
+    not hidden or still being written."""
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    return not _in_progress(name) and _without_compression(name).endswith(UPDATE_FILE_SUFFIXES)
+
+
+def is_directory(path: str) -> bool:
+    """A local directory, or a path ending with ``/`` (object stores have no directories)."""
+    return path.endswith("/") or (FileSystems.get_scheme(path) is None and os.path.isdir(path))
 
 
 def match_paths(pattern: str) -> list:
-    """Paths matching a glob (one error when none do: the job would silently do nothing)."""
+    """Paths matching a glob, or the update files of a directory (one error when none do: the
+    job would silently do nothing)."""
+    directory = is_directory(pattern)
     try:
-        result = FileSystems.match([pattern])[0]
+        result = FileSystems.match([FileSystems.join(pattern, "*") if directory else pattern])[0]
     except Exception as e:
         raise UserError(f"--input {pattern}: cannot list files: {e}") from None
-    paths = sorted(m.path for m in result.metadata_list)
+    paths = sorted(m.path for m in result.metadata_list if not directory or is_update_file(m.path))
     if not paths:
+        if directory:
+            raise UserError(f"--input {pattern}: no *.jsonl, *.json or *.avro files (or their .gz) in this directory")
         raise UserError(f"--input matches no files: {pattern}")
     return paths
 
@@ -303,6 +351,11 @@ class _ReadShardFn(beam.DoFn):
     def setup(self):
         self._client = _kinesis_client(self._stream, self._region, self._endpoint_url, self._credentials)
         self._idle = {}
+        self._read, self._dead = progress.Tally(progress.UPDATES), progress.Tally(progress.INPUTS_DEAD_LETTERED)
+
+    def finish_bundle(self):
+        self._read.flush()
+        self._dead.flush()
 
     @beam.DoFn.unbounded_per_element()
     def process(self, shard_id: str, tracker=beam.DoFn.RestrictionParam(_ShardRestrictionProvider()),
@@ -325,9 +378,11 @@ class _ReadShardFn(beam.DoFn):
                     item = parse_json_update(record["Data"], source, 0)
                     if isinstance(item, ProfileUpdate):
                         self._updates.inc()
+                        self._read.inc()
                         yield TimestampedValue(item, item.timestamp_ms / 1000.0)
                     else:
                         self._bad.inc()
+                        self._dead.inc()
                         yield beam.pvalue.TaggedOutput(DEAD_LETTER, item._replace(position=f"sequence {sequence}"))
                 behind_ms = page.get("MillisBehindLatest", 0)
                 _advance(watermark, Timestamp.of((now_ms() - behind_ms) / 1000.0))
@@ -394,8 +449,8 @@ class ReadKinesisUpdates(beam.PTransform):
 # ------------------------------------------------------------------ watch:DIR (unbounded)
 
 class _ListLandedFiles(PollFn):
-    """One poll of a directory for ``Watch``: the files in it (hidden and ``*.tmp`` files are
-    still being written). Polls are at least ``interval_s`` apart even on a runner that
+    """One poll of a directory for ``Watch``: the update files in it (``is_update_file``: hidden
+    and ``*.tmp`` files are still being written). Polls are at least ``interval_s`` apart even on a runner that
     resumes a deferred poll at once (the local ones)."""
 
     def __init__(self, interval_s: float):
@@ -409,7 +464,7 @@ class _ListLandedFiles(PollFn):
         self._last = time.monotonic()
         now = Timestamp.now()
         matched = FileSystems.match([FileSystems.join(directory, "*")])[0].metadata_list
-        names = sorted(m.path for m in matched if not _in_progress(m.path.rsplit("/", 1)[-1]))
+        names = sorted(m.path for m in matched if is_update_file(m.path))
         return PollResult.incomplete(names, timestamp=now).with_watermark(now)
 
     def default_output_coder(self):

@@ -1,37 +1,50 @@
-"""``KinesisWrite``: a reusable Beam sink for Amazon Kinesis Data Streams on boto3 (SPEC 7).
+"""``KinesisWrite``: a reusable Beam sink for Amazon Kinesis Data Streams on boto3 (docs/semantics.md#kinesis-sink).
 
 What it does that the usual sinks (Beam's Java KinesisIO, Flink's KinesisStreamsSink, the KPL)
 don't all do:
-- needs only ``kinesis:ListStreams`` and ``PutRecords``: nothing else is ever called, so the
-  seeds' three-action IAM policy suffices; ``check_stream`` finds a missing stream, permission
-  or bad credentials before any data moves (the pipelines call it before they build the job,
-  the DoFn again in ``setup``);
-- batches by the real service limits: 500 records and 5 MiB per request *counting partition
-  keys*, 1 MiB per record counting its key; an oversize record is dead-lettered as
+- needs only ``kinesis:ListStreams`` and ``PutRecords``: nothing else is ever called, so a
+  three-action IAM policy (ListStreams, PutRecord, PutRecords) suffices. ``check_stream`` finds a
+  missing stream, permission or bad credentials before any data moves. It runs once per job,
+  where the pipeline is built (``KinesisWrite.expand``, or the command lines before they build
+  it), never on workers: ListStreams allows 5 calls per second per account, and hundreds of
+  workers starting at once would be throttled. What only a worker sees (credentials or a
+  permission that work on the launcher but not there) dead-letters the records with one
+  ``ALERT`` per bundle naming the problem, without a traceback;
+- batches by the service limits: 500 records and 5 MiB per request *counting partition keys*.
+  A record over ``destination.max_record_bytes`` (data plus key; default 1 MiB, up to 10 MiB for
+  streams raised with ``UpdateMaxRecordSize``, and then 10 MiB per request) is dead-lettered as
   ``RecordTooLarge``, never sent;
 - retries only what may succeed later: per-record ``ProvisionedThroughputExceededException``
   and ``InternalFailure``, throttled and 5xx requests and connection errors, with exponential
   backoff and full jitter, at most ``retry.max_retries`` times (2: three sends). Configuration
-  errors (ResourceNotFound, AccessDenied, InvalidArgument, KMS, bad credentials) are not
-  retried: their records go to the dead letter with an ALERT, and the job goes on;
-- keeps per-partition-key order, retries included: requests go out one at a time, each carries
-  at most one record of a key, and a key's next record is only picked once the previous one is
-  acknowledged or dead-lettered (PutRecords itself does not order the records of one request
-  when some of them fail). The price: one record of a key per round trip;
-- adapts: the records-per-request limit halves when the stream throttles and grows back by 50
-  per accepted request (AIMD), and throttled retries wait the jittered backoff;
-- bounded memory: a flush is forced past ``max_buffered_records`` / ``max_buffered_bytes``, at
-  bundle end, and in streaming once the oldest buffered record is ``max_delay_ms`` old. The age
-  is checked on each element, not by a processing-time timer: a timer needs keyed state, which
-  costs far more per element than the check (SPEC 9); an idle stream's buffer goes out at the
-  end of its bundle, and runners end streaming bundles within about a second;
-- cheap: the request body is built directly (base64 and JSON by hand) and signed by the
-  client's own SigV4 signer, then sent over the client's connection pool (its timeouts,
-  proxies and TLS settings); botocore's model-driven serializer and parser cost ~25 µs per
-  record, this costs a few.
+  errors (ResourceNotFound, AccessDenied, InvalidArgument, KMS, bad or missing credentials) are
+  not retried: their records go to the dead letter with an ALERT, and the job goes on;
+- several requests in flight (``max_in_flight``, default 8), so one instance fills a stream of
+  many shards although each request waits tens of milliseconds for AWS; per-partition-key order
+  is kept, retries included: a key has at most one record in flight or waiting for a retry, and
+  its next record is only released once that one is acknowledged or dead-lettered (PutRecords
+  itself does not order the records of one request when some of them fail);
+- adapts (AIMD): requests are paced at a window of records per measured round trip, so a slow
+  stream gets full requests further apart rather than small ones every round trip (a request's
+  cost is mostly per request). The window halves when the stream throttles (at most once per
+  round trip: replies to requests sent before the last cut don't cut again; down to the accepted
+  share of a request when most of it was throttled) and grows by ``WINDOW_STEP`` records per
+  round trip while requests are accepted whole; from one full request it doubles per round trip
+  until the first throttling, like TCP's slow start;
+- bounded memory: past ``max_buffered_records`` / ``max_buffered_bytes`` held (queued, waiting
+  for a retry or in flight), ``process`` waits for replies. Requests go out as soon as a full
+  one is ready, once the oldest queued record is ``max_delay_ms`` old (checked on each element,
+  not by a timer: a timer needs keyed state, which costs far more per element than the check),
+  and at bundle end, which waits for every record to be delivered or dead-lettered;
+- public APIs only and cheap: the request body is built directly (base64 and JSON by hand),
+  signed with botocore's SigV4 signer and the session's (refreshable) credentials, sent through
+  a transport that is handed in (default: a urllib3 pool set up as boto3 sets up its own) and
+  its reply read as JSON. botocore's model-driven serializer and parser cost
+  ~25 µs per record; this costs a few.
 
-Output: the records that were not delivered, as ``FailedRecord`` (also in the dead letter), so
-a pipeline can count or route them; delivered records produce nothing.
+Output: the records that were not delivered, as ``FailedRecord`` in the window and with the
+timestamp of the record they came from (also in the dead letter), so a pipeline can count or
+route them; delivered records produce nothing.
 
 Metrics (namespace ``KinesisWrite``): records_sent, records_retried, records_dead_lettered,
 requests, bytes_sent, throttled, and the distribution export_latency_ms (the record's
@@ -42,11 +55,14 @@ from __future__ import annotations
 import base64
 from binascii import b2a_base64
 import collections
+import heapq
 import json
 import logging
 import math
+import queue
 import random
-import re
+import socket
+import threading
 import time
 from json.encoder import encode_basestring_ascii
 from typing import Callable, Deque, Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -55,6 +71,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.alerts import raise_alert
 from transforms.config import AlertSettings, Destination, RetrySettings
@@ -67,9 +84,12 @@ LOG = logging.getLogger(__name__)
 
 MAX_RECORDS_PER_REQUEST = 500
 MAX_REQUEST_BYTES = 5 * 1024 * 1024
-MAX_RECORD_BYTES = 1024 * 1024
-MIN_RECORDS_PER_REQUEST = 10
-RECORDS_PER_REQUEST_STEP = 50
+LARGE_RECORD_REQUEST_BYTES = 10 * 1024 * 1024  # when records may be over 1 MiB
+MAX_RECORD_BYTES = 1024 * 1024  # the default destination.max_record_bytes
+MIN_WINDOW = 10
+MIN_ROUND_TRIP_S = 0.001
+WINDOW_STEP = 10
+DEFAULT_MAX_IN_FLIGHT = 8
 
 RETRYABLE_RECORD_ERRORS = frozenset({"ProvisionedThroughputExceededException", "InternalFailure"})
 # Request-level pushback. KMSThrottlingException is throttling, not a KMS configuration error.
@@ -78,10 +98,9 @@ THROTTLING_ERRORS = frozenset({"ProvisionedThroughputExceededException", "LimitE
                                "SlowDown", "TooManyRequestsException", "KMSThrottlingException"})
 CREDENTIAL_ERRORS = frozenset({"UnrecognizedClientException", "InvalidSignatureException",
                                "InvalidClientTokenId", "ExpiredTokenException", "IncompleteSignature",
-                               "SignatureDoesNotMatch", "MissingAuthenticationToken"})
+                               "SignatureDoesNotMatch", "MissingAuthenticationToken", "NoCredentials"})
 RECORD_TOO_LARGE = "RecordTooLarge"
-_XML_ERROR = re.compile(r"<Code>([^<]+)</Code>\s*<Message>([^<]*)</Message>")
-_FAILED_COUNT = re.compile(rb'"FailedRecordCount"\s*:\s*(\d+)')
+_TARGET = "Kinesis_20131202.PutRecords"
 
 
 class KinesisSetupError(UserError):
@@ -100,53 +119,147 @@ class FailedRecord(NamedTuple):
     last_attempt_ms: Optional[int] = None
 
 
-def make_client(destination: Destination):
-    """A boto3 Kinesis client whose own retries are off: the retry policy is ours."""
+def make_session(destination: Destination):
+    """The boto3 session of the destination: its explicit credentials, else boto3's chain."""
     import boto3
-    from botocore.config import Config
     kwargs = {}
     if destination.credentials is not None:
         c = destination.credentials
         kwargs = dict(aws_access_key_id=c.access_key_id.reveal(),
                       aws_secret_access_key=c.secret_access_key.reveal(),
                       aws_session_token=c.session_token.reveal() if c.session_token else None)
+    return boto3.session.Session(region_name=destination.region, **kwargs)
+
+
+def make_client(destination: Destination, session=None):
+    """A boto3 Kinesis client whose own retries are off: the retry policy is ours."""
+    from botocore.config import Config
     config = Config(retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=5,
-                    read_timeout=30, max_pool_connections=4, tcp_keepalive=True)
-    return boto3.session.Session().client("kinesis", region_name=destination.region,
-                                          endpoint_url=destination.endpoint_url, config=config, **kwargs)
+                    read_timeout=30, tcp_keepalive=True)
+    return (session or make_session(destination)).client(
+        "kinesis", region_name=destination.region, endpoint_url=destination.endpoint_url, config=config)
+
+
+class Urllib3Transport:
+    """The default transport: a urllib3 connection pool, one connection per request in flight,
+    with what boto3's clients use too: botocore's CA bundle, the environment's proxy for the
+    endpoint, Nagle off and keep-alive on (botocore's own HTTP session costs ~0.3 ms more per
+    request). Built lazily, so the transport can be pickled with the DoFn."""
+
+    def __init__(self, max_connections: int = DEFAULT_MAX_IN_FLIGHT, connect_timeout: float = 5,
+                 read_timeout: float = 30):
+        self._args = (max_connections, connect_timeout, read_timeout)
+        self._pool = None
+
+    def __getstate__(self):
+        return {"_args": self._args, "_pool": None}
+
+    def _make_pool(self, url: str):
+        import urllib3
+        from botocore.httpsession import get_cert_path
+        from botocore.utils import get_environ_proxies
+        connections, connect, read = self._args
+        kwargs = dict(maxsize=connections, block=False, retries=False, ca_certs=get_cert_path(True),
+                      timeout=urllib3.Timeout(connect=connect, read=read),
+                      socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+                                      (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)])
+        proxy = get_environ_proxies(url).get(url.split(":", 1)[0])
+        return urllib3.ProxyManager(proxy, **kwargs) if proxy else urllib3.PoolManager(**kwargs)
+
+    def __call__(self, url: str, headers: Dict[str, str], body: bytes) -> Tuple[int, bytes]:
+        if self._pool is None:
+            self._pool = self._make_pool(url)
+        response = self._pool.urlopen("POST", url, body=body, headers=headers, redirect=False)
+        return response.status, response.data
+
+
+class PutRecords:
+    """One PutRecords call: a body built by hand, signed with botocore's SigV4 signer and the
+    current credentials (a refreshable set is read per request), sent through ``transport``
+    (``(url, headers, body) -> (status, reply bytes)``, raising on connection errors).
+
+    Returns (HTTP status, reply body). Safe to call from several threads at once."""
+
+    def __init__(self, stream: str, region: str, endpoint_url: str, credentials, transport):
+        self.stream, self.region, self.url = stream, region, endpoint_url.rstrip("/") + "/"
+        self.credentials, self.transport = credentials, transport
+        self._head = b'{"StreamName":%s,"Records":[' % encode_basestring_ascii(stream).encode()
+
+    @classmethod
+    def for_destination(cls, destination: Destination, transport=None) -> "PutRecords":
+        """The endpoint is the destination's, or the one botocore resolves for its region."""
+        session = make_session(destination)
+        url = destination.endpoint_url or make_client(destination, session).meta.endpoint_url
+        return cls(destination.stream, destination.region, url, session.get_credentials(),
+                   transport or Urllib3Transport())
+
+    def body(self, records: Sequence[Tuple]) -> bytes:
+        return b"".join((self._head, b",".join([b'{"Data":"%s","PartitionKey":%s}' % (
+            b2a_base64(r[1], newline=False), encode_basestring_ascii(r[0]).encode()) for r in records]), b"]}"))
+
+    def __call__(self, records: Sequence[Tuple]) -> Tuple[int, bytes]:
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.exceptions import NoCredentialsError
+        if self.credentials is None:
+            raise NoCredentialsError()
+        body = self.body(records)
+        request = AWSRequest(method="POST", url=self.url, data=body, headers={
+            "Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": _TARGET})
+        SigV4Auth(self.credentials.get_frozen_credentials(), "kinesis", self.region).add_auth(request)
+        return self.transport(self.url, dict(request.headers.items()), body)
 
 
 def _split_error(code: str, message: str) -> Tuple[str, str]:
     """``com.amazon...#Code`` -> ``Code``; an XML error body (IAM gateways) -> its code and message."""
-    xml = _XML_ERROR.search(message or "")
-    if xml:
-        return xml.group(1), xml.group(2)
+    if message and "<Code>" in message:
+        from xml.etree import ElementTree
+        try:
+            root = ElementTree.fromstring(message[message.index("<"):])
+            found = root.find(".//Code"), root.find(".//Message")
+            if found[0] is not None:
+                return found[0].text or code, (found[1].text if found[1] is not None else "") or ""
+        except ElementTree.ParseError:
+            pass
     return code.rsplit("#", 1)[-1].split(":", 1)[0], message
 
 
-def check_stream(destination: Destination, client=None) -> None:
-    """Before any data moves: ListStreams (paginated) finds the stream, then an empty
-    PutRecords (no record in it) shows whether kinesis:PutRecords is allowed.
+def response_error(status: int, body: bytes) -> Tuple[str, str]:
+    """The (code, message) of a non-200 answer: JSON ``__type``, an XML body, or the status."""
+    text = body.decode("utf-8", "replace")
+    try:
+        doc = json.loads(text)
+        code, message = doc.get("__type") or f"HTTP{status}", doc.get("message") or doc.get("Message") or ""
+    except (ValueError, AttributeError):
+        code, message = f"HTTP{status}", text[:500]
+    return _split_error(code, message)
+
+
+def check_stream(destination: Destination, client=None, put_records: Optional[PutRecords] = None) -> None:
+    """Once per job, where the pipeline is built: ListStreams (paginated) finds the stream,
+    then an empty PutRecords (no record in it) shows whether kinesis:PutRecords is allowed.
 
     Raises ``KinesisSetupError`` with one line naming the problem. AWS may answer the empty
     request with a validation error instead of a permission error; then nothing is learnt, and a
     missing permission shows on the first real request (records dead-lettered, with an ALERT)."""
     from botocore.exceptions import BotoCoreError, ClientError
+    from urllib3.exceptions import HTTPError
     where = f"stream {destination.stream!r} in {destination.region}"
     try:
         client = client or make_client(destination)
         if not _stream_listed(client, destination.stream):
             raise KinesisSetupError(f"{where} does not exist (or is not visible to these credentials)")
-        status, body = PutRecordsRequest(client, destination.stream)(())
+        put_records = put_records or PutRecords.for_destination(destination, Urllib3Transport(1))
+        status, body = put_records(())
     except ClientError as e:
         err = e.response.get("Error", {})
         code, message = _split_error(err.get("Code") or "ClientError", err.get("Message") or str(e))
         status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         raise KinesisSetupError(_setup_problem(where, "ListStreams", code, message, status)) from None
-    except (BotoCoreError, ValueError) as e:  # no credentials, bad region name, endpoint unreachable
+    except (BotoCoreError, ValueError, OSError, HTTPError) as e:  # no credentials, bad region, endpoint unreachable
         raise KinesisSetupError(f"{where}: {e}") from None
     if status != 200:
-        code, message = _response_error(status, body)
+        code, message = response_error(status, body)
         if status == 403 or code in CREDENTIAL_ERRORS or code.startswith(("AccessDenied", "KMS", "ResourceNotFound")):
             raise KinesisSetupError(_setup_problem(where, "PutRecords", code, message, status))
 
@@ -164,49 +277,20 @@ def _stream_listed(client, stream: str) -> bool:
 
 
 def _setup_problem(where: str, action: str, code: str, message: str, status: Optional[int]) -> str:
+    return f"{where}: {describe_problem(code, action, status) or f'{action} failed: {code}: {message}'}"
+
+
+def describe_problem(code: str, action: str = "PutRecords", status: Optional[int] = None) -> Optional[str]:
+    """What a configuration error code means for the user, or None for other codes."""
     if code in CREDENTIAL_ERRORS:
-        return f"{where}: credentials rejected ({code})"
+        return f"credentials rejected ({code})" if code != "NoCredentials" else "no AWS credentials found"
     if code.startswith("AccessDenied") or status == 403:
-        return f"{where}: permission kinesis:{action} is missing ({code})"
+        return f"permission kinesis:{action} is missing ({code})"
     if code.startswith("ResourceNotFound"):
-        return f"{where} does not exist ({code})"
-    return f"{where}: {action} failed: {code}: {message}"
-
-
-class PutRecordsRequest:
-    """One PutRecords call: a body built by hand, signed by the botocore client's own SigV4
-    signer (credential refresh included) and sent through its connection pool.
-
-    Returns (HTTP status, body); connection failures raise botocore's ``BotoCoreError``s."""
-
-    _HEADERS = {"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": "Kinesis_20131202.PutRecords"}
-
-    def __init__(self, client, stream: str):
-        self._client = client  # the signer only holds its event hooks weakly
-        self._signer = client._request_signer
-        self._http = client._endpoint.http_session
-        self._url = client.meta.endpoint_url.rstrip("/") + "/"
-        self._head = b'{"StreamName":%s,"Records":[' % encode_basestring_ascii(stream).encode()
-
-    def __call__(self, records: Sequence[Tuple]) -> Tuple[int, bytes]:
-        from botocore.awsrequest import AWSRequest
-        body = b"".join((self._head, b",".join([b'{"Data":"%s","PartitionKey":%s}' % (
-            b2a_base64(r[1], newline=False), encode_basestring_ascii(r[0]).encode()) for r in records]), b"]}"))
-        request = AWSRequest(method="POST", url=self._url, data=body, headers=dict(self._HEADERS))
-        self._signer.sign("PutRecords", request)
-        response = self._http.send(request.prepare())
-        return response.status_code, response.content
-
-
-def _response_error(status: int, body: bytes) -> Tuple[str, str]:
-    """The (code, message) of a non-200 answer: JSON ``__type``, an XML body, or the status."""
-    text = body.decode("utf-8", "replace")
-    try:
-        doc = json.loads(text)
-        code, message = doc.get("__type") or f"HTTP{status}", doc.get("message") or doc.get("Message") or ""
-    except (ValueError, AttributeError):
-        code, message = f"HTTP{status}", text[:500]
-    return _split_error(code, message)
+        return f"the stream does not exist ({code})"
+    if code.startswith("KMS"):
+        return f"the stream's KMS key cannot be used ({code})"
+    return None
 
 
 def dead_letter_line(failed: FailedRecord, stream: str) -> bytes:
@@ -230,13 +314,13 @@ def dead_letter_line(failed: FailedRecord, stream: str) -> bytes:
 
 
 def encode_data(data) -> bytes:
-    """Compact UTF-8 JSON, as export records are written (SPEC 6)."""
+    """Compact UTF-8 JSON, as export records are written (docs/semantics.md#exports)."""
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def record_too_large(key: str, data: bytes) -> FailedRecord:
+def record_too_large(key: str, data: bytes, limit: int = MAX_RECORD_BYTES) -> FailedRecord:
     return FailedRecord(key, data, RECORD_TOO_LARGE, f"record is {record_size(key, data)} bytes with its "
-                        f"partition key; the limit is {MAX_RECORD_BYTES}", 0)
+                        f"partition key; the limit is {limit}", 0)
 
 
 def record_size(key: str, data: bytes) -> int:
@@ -245,155 +329,376 @@ def record_size(key: str, data: bytes) -> int:
 
 
 class SendReport:
-    """What one flush did, for metrics and alerts. ``rejected``: how many of ``dead`` the stream
-    refused for good (configuration errors), as opposed to retries running out."""
+    """What finished since the last report, for metrics and alerts. ``dead``: pairs of
+    ``FailedRecord`` and the context the record was added with; ``rejected``: how many of them
+    the stream refused for good (configuration errors), as opposed to retries running out."""
     __slots__ = ("sent", "retried", "requests", "bytes", "throttled", "rejected", "latencies", "dead")
 
     def __init__(self):
         self.sent = self.retried = self.requests = self.bytes = self.throttled = self.rejected = 0
         self.latencies: List[int] = []
-        self.dead: List[FailedRecord] = []
+        self.dead: List[Tuple[FailedRecord, object]] = []
 
 
 class RecordSender:
-    """Batching, ordering, retries and adaptive rate over one Kinesis client; no Beam here,
-    so the replay command and the tests use exactly what the sink uses.
+    """Batching, ordering, retries, requests in flight and adaptive rate over one
+    ``PutRecords``; no Beam here, so the replay command and the tests use exactly what the sink
+    uses. All bookkeeping runs in the caller's thread; worker threads (``max_in_flight`` > 1)
+    only sign, send and hand the reply back.
 
-    A buffered record is a plain tuple ``(key, data, event_time_ms, size)``: tuples of atomic
-    values leave the garbage collector's watch, objects don't, and with thousands buffered the
-    collector alone cost ~2 µs per record. Attempts and attempt times are kept aside, in
-    ``_tries``, only for records sent before (``id`` -> [attempts, first ms, last ms])."""
+    A record is a plain tuple ``(key, data, event_time_ms, size, context)``. It sits in
+    ``_queue`` (added, not yet looked at), in ``_busy[key]`` (waiting: a record of its key is in
+    flight, waiting for a retry or in ``_ready``), in ``_ready`` (its turn: sent before any
+    queued record), in the retry heap, or in a request. Each moves in O(1): a partial failure
+    does not rebuild the queue. Attempts and attempt times are kept aside, in ``_tries``, only
+    for records that failed before (``id`` -> [attempts, first ms, last ms])."""
 
-    def __init__(self, client, stream: str, retry: RetrySettings = RetrySettings(),
-                 sleep: Callable[[float], None] = time.sleep, rand: Callable[[], float] = random.random):
-        self.put_records = PutRecordsRequest(client, stream)
-        self.retry, self.sleep, self.rand = retry, sleep, rand
-        self.batch_limit = MAX_RECORDS_PER_REQUEST
-        self.pending: Deque[Tuple[str, bytes, Optional[int], int]] = collections.deque()
-        self.pending_bytes = 0
+    def __init__(self, put_records: Callable[[Sequence[Tuple]], Tuple[int, bytes]],
+                 retry: RetrySettings = RetrySettings(), max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+                 max_record_bytes: int = MAX_RECORD_BYTES, max_delay_s: Optional[float] = None,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 rand: Callable[[], float] = random.random):
+        self.put_records = put_records
+        self.retry, self.clock, self.sleep, self.rand = retry, clock, sleep, rand
+        self.max_in_flight, self.max_record_bytes, self.max_delay_s = max_in_flight, max_record_bytes, max_delay_s
+        self.request_bytes = MAX_REQUEST_BYTES if max_record_bytes <= MAX_RECORD_BYTES else LARGE_RECORD_REQUEST_BYTES
+        self.max_window = max_in_flight * MAX_RECORDS_PER_REQUEST
+        self.window = float(MAX_RECORDS_PER_REQUEST)  # records per round trip (AIMD)
+        self._srtt: Optional[float] = None  # smoothed round trip (s); no pacing before the first reply
+        self._tokens, self._tokens_at = float(MAX_RECORDS_PER_REQUEST), 0.0
+        self._token_wait: Optional[float] = None
+        self._slow_start = True  # until the first throttling: grow by what was accepted
+        self._epoch = 0  # how often the window was cut
+        self.held = self.held_bytes = 0  # records added and not yet delivered or dead-lettered
+        self._queue: Deque[Tuple] = collections.deque()
+        self._queued_bytes = 0
+        self._queued_since: Optional[float] = None
+        self._ready: Deque[Tuple] = collections.deque()
+        self._busy: Dict[str, Optional[Deque[Tuple]]] = {}
+        self._retries: List[Tuple[float, int, List[Tuple]]] = []  # heap of (due, sequence, records)
+        self._retry_seq = 0
         self._tries: Dict[int, list] = {}
+        self._requests = 0
+        self._report = SendReport()
+        self._jobs: Optional[queue.SimpleQueue] = None
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
 
-    def add(self, key: str, data: bytes, event_time_ms: Optional[int] = None) -> Optional[FailedRecord]:
-        """Buffer a record; an oversize one is returned (never sent) for the dead letter."""
-        size = record_size(key, data)
-        if size > MAX_RECORD_BYTES:
-            return record_too_large(key, data)
-        self.pending.append((key, data, event_time_ms, size))
-        self.pending_bytes += size
+    # ---------------------------------------------------------------- the caller's side
+
+    def add(self, key: str, data: bytes, event_time_ms: Optional[int] = None,
+            context=None) -> Optional[FailedRecord]:
+        """Queue a record; an oversize one is returned (never sent) for the dead letter."""
+        size = (len(key) if key.isascii() else len(key.encode("utf-8"))) + len(data)
+        if size > self.max_record_bytes:
+            return record_too_large(key, data, self.max_record_bytes)
+        if self._queued_since is None:
+            self._queued_since = self.clock()
+        self._queue.append((key, data, event_time_ms, size, context))
+        self._queued_bytes += size
+        self.held += 1
+        self.held_bytes += size
         return None
 
-    def flush(self) -> SendReport:
-        """Send everything buffered, one request at a time; each record ends delivered or
-        dead-lettered."""
-        report = SendReport()
-        while self.pending:
-            batch, prefix = self._next_request()
-            retry_again, throttled = self._send(batch, report)
-            if prefix and not retry_again:  # the usual case: the oldest records all went out
-                for _ in batch:
-                    self.pending.popleft()
-            else:
-                finished = {id(r) for r in batch} - {id(r) for r in retry_again}
-                self.pending = collections.deque(r for r in self.pending if id(r) not in finished)
-            if throttled:
-                report.throttled += 1
-                self.batch_limit = max(MIN_RECORDS_PER_REQUEST, self.batch_limit // 2)
-            elif not retry_again:
-                self.batch_limit = min(MAX_RECORDS_PER_REQUEST, self.batch_limit + RECORDS_PER_REQUEST_STEP)
-            if retry_again:
-                self._backoff(max(self._tries[id(r)][0] for r in retry_again))
-        self.pending_bytes = 0
+    def send(self, max_held: Optional[int] = None, max_held_bytes: Optional[int] = None,
+             force: bool = False) -> Optional[SendReport]:
+        """Collect the replies that came back and start the requests that are due: full ones,
+        or partial ones too once the oldest queued record is ``max_delay_s`` old (or ``force``);
+        then, while more than ``max_held`` records or ``max_held_bytes`` are held, wait for
+        replies. Returns what finished since the last call, or None when nothing did."""
+        if self._requests and not self._done.empty():
+            self._collect(block=False)
+        if self._retries:
+            self._release_due()
+        late = (self.max_delay_s is not None and self._queued_since is not None
+                and self.clock() - self._queued_since >= self.max_delay_s)
+        if force or late or self._ready or len(self._queue) >= MAX_RECORDS_PER_REQUEST \
+                or self._queued_bytes >= self.request_bytes:
+            self._submit(force or late, late)
+        while ((max_held is not None and self.held > max_held)
+               or (max_held_bytes is not None and self.held_bytes > max_held_bytes)):
+            self._wait()
+            self._submit(True, False)
+        report = self._report
+        if not (report.requests or report.dead):
+            return None
+        self._report = SendReport()
         return report
 
-    def _next_request(self) -> Tuple[List[Tuple], bool]:
-        """The oldest records, at most one per partition key, within the request limits; and
-        whether they are the first ones of the buffer (no record of a repeated key skipped)."""
-        batch, keys, size, limit, prefix = [], set(), 0, self.batch_limit, True
-        for record in self.pending:
-            if record[0] in keys:
-                prefix = False
-                continue
-            if len(batch) >= limit or size + record[3] > MAX_REQUEST_BYTES:
-                break
+    def flush(self) -> SendReport:
+        """Send everything held; each record ends delivered or dead-lettered."""
+        return self.send(0, 0, force=True) or SendReport()
+
+    def close(self) -> None:
+        """Stops the worker threads (idle ones; call after ``flush``)."""
+        if self._jobs is not None:
+            for _ in range(self.max_in_flight):
+                self._jobs.put(None)
+            self._jobs = None
+
+    # ---------------------------------------------------------------- requests
+
+    def _submit(self, partial: bool, late: bool) -> None:
+        """Requests go out paced at ``window`` records per round trip (a token bucket holding
+        one full request): a slow stream gets full requests further apart rather than small
+        ones every round trip, since what a request costs the client is mostly per request.
+        ``partial``: fewer records than a full request may go; ``late`` (records waited
+        ``max_delay_s``): wait for one window's worth of pacing at most, not a full request."""
+        self._token_wait = None
+        while self._requests < self.max_in_flight:
+            want = min(MAX_RECORDS_PER_REQUEST, len(self._ready) + len(self._queue))
+            if not want or (not partial and want < MAX_RECORDS_PER_REQUEST and self._queued_bytes < self.request_bytes):
+                return  # not a full request yet
+            if self._srtt is None:
+                if self._requests:
+                    return  # one request until a round trip is measured
+            else:
+                now = self.clock()
+                rate = self.window / self._srtt
+                self._tokens = min(MAX_RECORDS_PER_REQUEST, self._tokens + (now - self._tokens_at) * rate)
+                self._tokens_at = now
+                need = min(want, max(int(self.window), MIN_WINDOW)) if late else want
+                if self._tokens < need - 0.5:  # (half a record: float rounding)
+                    self._token_wait = max((need - self._tokens) / rate, 0.0005)
+                    return
+                want = min(want, max(need, int(self._tokens + 0.5)))
+            batch = self._take(want)
+            if not batch:
+                return
+            self._tokens -= len(batch)
+            self._start(batch)
+
+    def _take(self, limit: int) -> List[Tuple]:
+        """The next request: records whose turn it is, then queued ones of keys not held back
+        (those wait behind their key), within the record and byte limits."""
+        batch, size, max_bytes = [], 0, self.request_bytes
+        ready, pending, busy = self._ready, self._queue, self._busy
+        while ready and limit:
+            record = ready[0]
+            if size + record[3] > max_bytes:
+                return batch
+            ready.popleft()
             batch.append(record)
-            keys.add(record[0])
             size += record[3]
-        return batch, prefix
+            limit -= 1
+        taken = 0  # bytes leaving the queue
+        while pending and limit:
+            record = pending[0]
+            key = record[0]
+            if key in busy:
+                pending.popleft()
+                taken += record[3]
+                waiting = busy[key]
+                if waiting is None:
+                    busy[key] = collections.deque((record,))
+                else:
+                    waiting.append(record)
+                continue
+            if size + record[3] > max_bytes:
+                break
+            pending.popleft()
+            taken += record[3]
+            busy[key] = None
+            batch.append(record)
+            size += record[3]
+            limit -= 1
+        self._queued_bytes -= taken
+        if not pending:
+            self._queued_since = None
+        return batch
 
-    def _backoff(self, attempt: int) -> None:
-        cap = min(self.retry.max_delay_ms, self.retry.base_delay_ms * (2 ** max(attempt - 1, 0)))
-        self.sleep(self.rand() * cap / 1000.0)  # full jitter
-
-    def _send(self, batch: List[Tuple], report: SendReport) -> Tuple[List[Tuple], bool]:
-        """One request; returns the records to send again and whether the stream throttled."""
-        from botocore.exceptions import BotoCoreError
-        start = now_ms()
+    def _start(self, batch: List[Tuple]) -> None:
+        self._requests += 1
+        started = now_ms()
         tries = self._tries
         if tries:
             for r in batch:
                 t = tries.get(id(r))
                 if t is not None:
                     t[0] += 1
-                    t[2] = start
-        self._start = start
-        report.requests += 1
-        try:
-            status, body = self.put_records(batch)
-        except (BotoCoreError, OSError) as e:  # connection refused/reset, timeouts
-            return self._retry_or_dead(batch, type(e).__name__, str(e), report), False
-        if status != 200:
-            code, message = _response_error(status, body)
-            if code in THROTTLING_ERRORS or status >= 500:
-                return self._retry_or_dead(batch, code, message, report), code in THROTTLING_ERRORS
-            self._dead(batch, code, message, report, rejected=True)
-            return [], False
-        acked = now_ms()
-        failed = _FAILED_COUNT.search(body)
-        if failed and failed.group(1) == b"0":  # the usual answer: no need to parse it
-            self._delivered(batch, acked, report)
-            return [], False
-        results = json.loads(body).get("Records") or []
-        missing = {"ErrorCode": "InternalFailure", "ErrorMessage": "no result for this record"}
-        retry_again, throttled = [], False
-        for i, record in enumerate(batch):
-            result = results[i] if i < len(results) else missing
-            code = result.get("ErrorCode")
-            throttled |= code == "ProvisionedThroughputExceededException"
-            if not code:
-                self._delivered([record], acked, report)
-            elif code in RETRYABLE_RECORD_ERRORS:
-                retry_again += self._retry_or_dead([record], code, result.get("ErrorMessage") or "", report)
-            else:
-                self._dead([record], code, result.get("ErrorMessage") or "", report, rejected=True)
-        return retry_again, throttled
+                    t[2] = started
+        job = (batch, self._epoch, started, self.clock())
+        if self.max_in_flight == 1:
+            self._handle(job, self._call(batch))
+            return
+        if self._jobs is None:
+            self._jobs = queue.SimpleQueue()
+            for _ in range(self.max_in_flight):
+                threading.Thread(target=self._work, args=(self._jobs,), daemon=True,
+                                 name="KinesisWrite-PutRecords").start()
+        self._jobs.put(job)
 
-    def _delivered(self, records, acked: int, report: SendReport) -> None:
+    def _work(self, jobs: queue.SimpleQueue) -> None:
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            self._done.put((job, self._call(job[0])))
+
+    def _call(self, batch: List[Tuple]):
+        try:
+            return self.put_records(batch)
+        except Exception as e:  # judged in the caller's thread
+            return None, e
+
+    def _collect(self, block: bool) -> None:
+        done = self._done
+        if block:
+            self._handle(*done.get())
+        while not done.empty():
+            self._handle(*done.get())
+
+    def _wait(self) -> None:
+        """Until a reply comes back, the next retry is due or the pacing allows a request."""
+        due = self._retries[0][0] - self.clock() if self._retries else None
+        if self._token_wait is not None:
+            due = self._token_wait if due is None else min(due, self._token_wait)
+        if self._requests:
+            try:
+                self._handle(*self._done.get(timeout=None if due is None else max(due, 0)))
+            except queue.Empty:
+                pass
+            self._collect(block=False)
+        elif due is not None and due > 0:
+            self.sleep(due)
+        self._release_due()
+
+    def _release_due(self) -> None:
+        now, retries = self.clock(), self._retries
+        while retries and retries[0][0] <= now:
+            self._ready.extend(heapq.heappop(retries)[2])
+
+    # ---------------------------------------------------------------- replies
+
+    def _handle(self, job, result) -> None:
+        from botocore.exceptions import BotoCoreError, NoCredentialsError
+        from urllib3.exceptions import HTTPError
+        batch, epoch, started, sent_at = job
+        self._requests -= 1
+        self._report.requests += 1
+        status, body = result
+        if status is None:
+            if isinstance(body, NoCredentialsError):
+                self._dead(batch, "NoCredentials", str(body), started, rejected=True)
+            elif isinstance(body, (BotoCoreError, OSError, HTTPError)):  # connection refused/reset, timeouts
+                self._retry_or_dead(batch, type(body).__name__, str(body), started)
+            else:
+                raise body
+            return
+        now = self.clock()
+        rtt = max(now - sent_at, MIN_ROUND_TRIP_S)
+        if self._srtt is None:  # pacing starts with the first round trip measured
+            self._srtt, self._tokens_at = rtt, now
+        else:
+            self._srtt = 0.875 * self._srtt + 0.125 * rtt  # as TCP's smoothed RTT
+        if status != 200:
+            code, message = response_error(status, body)
+            throttled = code in THROTTLING_ERRORS
+            if throttled or status >= 500:
+                self._retry_or_dead(batch, code, message, started)
+                if throttled:
+                    self._throttled(epoch)
+            else:
+                self._dead(batch, code, message, started, rejected=True)
+            return
+        acked = now_ms()
+        try:
+            reply = json.loads(body)
+            failed, results = reply.get("FailedRecordCount", 0), reply["Records"]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            self._retry_or_dead(batch, "InternalFailure", "unreadable PutRecords reply", started)
+            return
+        if not failed and len(results) == len(batch):  # the usual answer
+            self._delivered(batch, acked)
+            self._grow(len(batch))
+            return
+        delivered, again = [], {}  # retryable code -> (records, a message)
+        for i, record in enumerate(batch):
+            result = results[i] if i < len(results) else {"ErrorCode": "InternalFailure",
+                                                          "ErrorMessage": "no result for this record"}
+            code = result.get("ErrorCode")
+            if not code:
+                delivered.append(record)
+            elif code in RETRYABLE_RECORD_ERRORS:
+                again.setdefault(code, ([], result.get("ErrorMessage") or ""))[0].append(record)
+            else:
+                self._dead((record,), code, result.get("ErrorMessage") or "", started, rejected=True)
+        self._delivered(delivered, acked)
+        for code, (records, message) in again.items():
+            self._retry_or_dead(records, code, message, started)
+        if "ProvisionedThroughputExceededException" in again:
+            self._throttled(epoch, len(again["ProvisionedThroughputExceededException"][0]) / len(batch))
+
+    def _grow(self, accepted: int) -> None:
+        """Additive increase: ``WINDOW_STEP`` more per round trip (a window's worth
+        of accepted records); before the first throttling, by what was accepted (doubling per
+        round trip, as TCP's slow start)."""
+        step = accepted if self._slow_start else WINDOW_STEP * accepted / self.window
+        self.window = min(self.max_window, self.window + step)
+
+    def _throttled(self, epoch: int, fraction: float = 0.0) -> None:
+        """Multiplicative decrease, once per round trip (replies to requests sent before the
+        last cut do not cut again): by half, or to the share of the request that was accepted
+        when that is less (a slow start that overshot far), but at most to a quarter."""
+        self._report.throttled += 1
+        if epoch == self._epoch:
+            self._epoch += 1
+            self._slow_start = False
+            self.window = max(MIN_WINDOW, self.window * max(0.25, min(0.5, 1.0 - fraction)))
+
+    def _finished(self, records) -> None:
+        busy, ready = self._busy, self._ready
+        for r in records:
+            self.held -= 1
+            self.held_bytes -= r[3]
+            waiting = busy.pop(r[0])
+            if waiting:  # the key's next record takes its turn
+                ready.append(waiting.popleft())
+                busy[r[0]] = waiting or None
+
+    def _delivered(self, records, acked: int) -> None:
+        report = self._report
         report.sent += len(records)
-        report.bytes += sum(r[3] for r in records)
-        report.latencies.extend(acked - r[2] for r in records if r[2] is not None)
+        report.bytes += sum([r[3] for r in records])
+        report.latencies.extend([acked - r[2] for r in records if r[2] is not None])
         if self._tries:
             for r in records:
                 self._tries.pop(id(r), None)
+        self._finished(records)
 
-    def _retry_or_dead(self, records, code: str, message: str, report: SendReport) -> List[Tuple]:
-        again, spent = [], []
+    def _retry_or_dead(self, records, code: str, message: str, started: int) -> None:
+        """Records that may be sent again wait a backoff with full jitter, one draw per reply:
+        what failed together is due together, and goes out again in one request."""
+        again, spent, tries, retry = [], [], self._tries, self.retry
+        attempts = 0
         for r in records:
-            t = self._tries.setdefault(id(r), [1, self._start, self._start])
-            (again if t[0] <= self.retry.max_retries else spent).append(r)
-        report.retried += len(again)
-        self._dead(spent, code, message, report)
-        return again
+            t = tries.get(id(r))
+            if t is None:
+                t = tries[id(r)] = [1, started, started]
+            if t[0] > retry.max_retries:
+                spent.append(r)
+            else:
+                again.append(r)
+                attempts = max(attempts, t[0])
+        if again:
+            cap = min(retry.max_delay_ms, retry.base_delay_ms * (2 ** (attempts - 1)))
+            self._retry_seq += 1
+            heapq.heappush(self._retries, (self.clock() + self.rand() * cap / 1000.0, self._retry_seq, again))
+            self._report.retried += len(again)
+        if spent:
+            self._dead(spent, code, message, started)
 
-    def _dead(self, records, code: str, message: str, report: SendReport, rejected: bool = False) -> None:
+    def _dead(self, records, code: str, message: str, started: int, rejected: bool = False) -> None:
+        dead = self._report.dead
         for r in records:
-            attempts, first, last = self._tries.pop(id(r), None) or (1, self._start, self._start)
-            report.dead.append(FailedRecord(r[0], r[1], code, message, attempts, first, last))
+            attempts, first, last = self._tries.pop(id(r), None) or (1, started, started)
+            dead.append((FailedRecord(r[0], r[1], code, message, attempts, first, last), r[4]))
         if rejected:
-            report.rejected += len(records)
+            self._report.rejected += len(records)
+        self._finished(records)
 
 
 class LatencyWindow:
-    """Is the export-latency p95 of the last minute over a limit? (SPEC 7)
+    """Is the export-latency p95 of the last minute over a limit? (docs/semantics.md#kinesis-sink)
 
     Constant memory at any rate: one slot per second with the count, the count over the limit,
     and up to ``keep`` of the over-limit values. p95 > limit exactly when more than 5 % of the
@@ -428,91 +733,95 @@ class LatencyWindow:
 
 
 class _KinesisWriteFn(beam.DoFn):
-    def __init__(self, destination: Destination, alerts: Optional[AlertSettings], client_factory,
-                 max_delay_ms: int, max_buffered_records: int, max_buffered_bytes: int):
+    def __init__(self, destination: Destination, alerts: Optional[AlertSettings], transport,
+                 max_delay_ms: int, max_buffered_records: int, max_buffered_bytes: int, max_in_flight: int):
         self._destination = destination
         self._alerts = alerts
-        self._client_factory = client_factory
+        self._transport = transport
         self._max_delay_ms = max_delay_ms
         self._max_records = max_buffered_records
         self._max_bytes = max_buffered_bytes
+        self._max_in_flight = max_in_flight
         ns = "KinesisWrite"
         self._m = {name: Metrics.counter(ns, name) for name in
                    ("records_sent", "records_retried", "records_dead_lettered", "requests", "bytes_sent", "throttled")}
         self._latency = Metrics.distribution(ns, "export_latency_ms")
 
     def setup(self):
-        client = (self._client_factory or make_client)(self._destination)
-        check_stream(self._destination, client)
-        self._sender = RecordSender(client, self._destination.stream, self._destination.retry)
+        # No stream check here: it ran once where the pipeline was built (see the module doc).
+        dest = self._destination
+        transport = self._transport or Urllib3Transport(self._max_in_flight)
+        self._sender = RecordSender(PutRecords.for_destination(dest, transport), dest.retry,
+                                    self._max_in_flight, dest.max_record_bytes, self._max_delay_ms / 1000.0)
         self._window = LatencyWindow(self._alerts.latency_p95_seconds * 1000) if self._alerts else None
         self._last_latency_alert = -60_000
-        self._dead_dir = FileSystems.join(self._destination.dead_letter, "records")
+        self._dead_dir = FileSystems.join(dest.dead_letter, "records")
 
     def start_bundle(self):
-        self._oldest_ms = None
         self._unalerted: collections.Counter = collections.Counter()  # error code -> records
         self._unalerted_rejected = 0
         self._dead_writer = BundleFileWriter(self._dead_dir, "records")
 
-    def process(self, element):
+    def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
         if isinstance(element, ExportRecordBatch):   # a backfill batch: its records one by one
-            for record in element.records():
-                yield from self.process(record)
-            return
-        event_time_ms = element[2] if len(element) > 2 else None
-        oversize = self._sender.add(element[0], element[1], event_time_ms)
-        if oversize is not None:
-            yield from self._dead_letter([oversize], rejected=0)
-        now = now_ms()
-        if self._oldest_ms is None:
-            self._oldest_ms = now
+            return [out for record in element.records() for out in self.process(record, timestamp, window)]
+        # a plain function, not a generator: most elements produce nothing, cheaply
         sender = self._sender
-        if (len(sender.pending) >= self._max_records or sender.pending_bytes >= self._max_bytes
-                or now - self._oldest_ms >= self._max_delay_ms):
-            yield from self._flush()
+        context = (timestamp, window)
+        oversize = sender.add(element[0], element[1], element[2] if len(element) > 2 else None, context)
+        report = sender.send(self._max_records, self._max_bytes)
+        if oversize is None and report is None:
+            return ()
+        out = list(self._dead_letter([(oversize, context)], rejected=0)) if oversize is not None else []
+        return out + list(self._account(report)) if report is not None else out
 
     def finish_bundle(self):
-        yield from self._flush()
-        self._dead_writer.close()
-
-    def _flush(self):
-        self._oldest_ms = None
-        if self._sender.pending:
-            report = self._sender.flush()
-            m = self._m
-            m["records_sent"].inc(report.sent)
-            m["records_retried"].inc(report.retried)
-            m["requests"].inc(report.requests)
-            m["bytes_sent"].inc(report.bytes)
-            m["throttled"].inc(report.throttled)
-            update = self._latency.update
-            for latency in report.latencies:
-                update(latency)
-            if report.latencies and self._window is not None:
-                self._check_latency(now_ms(), report.latencies)
-            yield from self._dead_letter(report.dead, report.rejected)
+        yield from self._account(self._sender.flush())
         if self._unalerted:
             self._alert_dead_letters()
+        self._dead_writer.close()
 
-    def _dead_letter(self, dead: List[FailedRecord], rejected: int):
+    def teardown(self):
+        sender = getattr(self, "_sender", None)
+        if sender is not None:
+            sender.close()
+
+    def _account(self, report: SendReport):
+        m = self._m
+        m["records_sent"].inc(report.sent)
+        m["records_retried"].inc(report.retried)
+        m["requests"].inc(report.requests)
+        m["bytes_sent"].inc(report.bytes)
+        m["throttled"].inc(report.throttled)
+        update = self._latency.update
+        for latency in report.latencies:
+            update(latency)
+        if report.latencies and self._window is not None:
+            self._check_latency(now_ms(), report.latencies)
+        if report.dead:
+            yield from self._dead_letter(report.dead, report.rejected)
+
+    def _dead_letter(self, dead: List[Tuple[FailedRecord, object]], rejected: int):
         """Each record to the dead-letter file (at once: nothing held in memory) and to the
-        output; the alert waits for the flush, so there is one per flush, with counts."""
+        output, in the window and at the timestamp of its record; the alert waits for the end
+        of the bundle, so there is one per bundle, with counts."""
         stream = self._destination.stream
-        for failed in dead:
+        for failed, (timestamp, window) in dead:
             self._dead_writer.write(dead_letter_line(failed, stream))
-            yield GlobalWindows.windowed_value(failed)
+            yield WindowedValue(failed, timestamp, (window,))
         self._m["records_dead_lettered"].inc(len(dead))
-        self._unalerted.update(failed.error_code for failed in dead)
+        self._unalerted.update(failed.error_code for failed, _ in dead)
         self._unalerted_rejected += rejected
 
     def _alert_dead_letters(self) -> None:
         codes, stream = self._unalerted, self._destination.stream
         count = sum(codes.values())
+        problems = sorted({p for p in map(describe_problem, codes) if p})
         raise_alert(self._destination.dead_letter,
                     "stream_rejected_configuration" if self._unalerted_rejected else "records_dead_lettered",
                     f"{count} record(s) to stream {stream!r} dead-lettered under {self._dead_dir} "
-                    f"({', '.join(f'{c}: {n}' for c, n in codes.items())})",
+                    f"({', '.join(f'{c}: {n}' for c, n in codes.items())})"
+                    + (f": {'; '.join(problems)}" if problems else ""),
                     stream=stream, count=count, codes=dict(codes))
         self._unalerted, self._unalerted_rejected = collections.Counter(), 0
 
@@ -530,17 +839,27 @@ class _KinesisWriteFn(beam.DoFn):
 
 class KinesisWrite(beam.PTransform):
     """Writes ``ExportRecord`` (or ``(partition_key, data[, event_time_ms])``) elements to the
-    destination's stream; returns the undelivered ones as ``FailedRecord`` (global window).
+    destination's stream; returns the undelivered ones as ``FailedRecord``, each in the window
+    and at the timestamp of its record.
 
-    ``client_factory(destination)`` returns the botocore Kinesis client to use (tests, custom
-    sessions); ``alerts=None`` turns the latency alert off (replays of historic updates)."""
+    ``expand`` checks the stream once (ListStreams and an empty PutRecords; ``check=False`` when
+    the caller already did). ``transport`` sends the signed requests (``(url, headers, body) ->
+    (status, reply bytes)``; tests, custom HTTP stacks; pickled with the DoFn); ``alerts=None``
+    turns the latency alert off (replays of historic updates); ``max_in_flight``: requests
+    sent at once by one DoFn instance (default: ``destination.max_requests_in_flight``)."""
 
-    def __init__(self, destination: Destination, client_factory=None,
-                 alerts: Optional[AlertSettings] = AlertSettings(), max_delay_ms: int = 200,
-                 max_buffered_records: int = 5000, max_buffered_bytes: int = 16 * 1024 * 1024):
+    def __init__(self, destination: Destination, transport=None,
+                 alerts: Optional[AlertSettings] = AlertSettings(), check: bool = True, max_delay_ms: int = 200,
+                 max_buffered_records: int = 10_000, max_buffered_bytes: int = 16 * 1024 * 1024,
+                 max_in_flight: Optional[int] = None):
         super().__init__()
-        self._fn = _KinesisWriteFn(destination, alerts, client_factory, max_delay_ms,
-                                   max_buffered_records, max_buffered_bytes)
+        self._destination, self._check = destination, check
+        if max_in_flight is None:
+            max_in_flight = destination.max_requests_in_flight
+        self._fn = _KinesisWriteFn(destination, alerts, transport, max_delay_ms, max_buffered_records,
+                                   max_buffered_bytes, max_in_flight)
 
     def expand(self, records):
+        if self._check:
+            check_stream(self._destination)
         return records | "PutRecords" >> beam.ParDo(self._fn)

@@ -1,4 +1,4 @@
-"""Merge policies (SPEC 5): the attribute writes of one profile turned into one view per policy.
+"""Merge policies (docs/semantics.md#profiles-and-audiences): the attribute writes of one profile turned into one view per policy.
 
 Each policy keeps only what it needs, on the profile state (``view``, ``stamps``, ``datasets``):
 

@@ -9,7 +9,7 @@ from typing import Any, Mapping, NamedTuple, Optional, Tuple
 
 
 class ProfileUpdate(NamedTuple):
-    """One change to a profile (SPEC 4), already validated.
+    """One change to a profile (docs/semantics.md#inputs), already validated.
 
     ``attributes`` is the partial nested object as received: each leaf (any non-dict
     value, lists included) is a write to its path, ``None`` deletes the path.

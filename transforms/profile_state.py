@@ -1,4 +1,4 @@
-"""``ProfileState``: what one profile's keyed state must remember for SPEC 5-6, and no more.
+"""``ProfileState``: what one profile's keyed state must remember for docs/semantics.md#profiles-and-audiences, and no more.
 
 - ``view``/``stamps``: the ``timestamp_ordered`` view and its per-path write times, and
   ``datasets``: per-dataset writes for ``dataset_precedence`` (see ``merge``; each is empty
@@ -66,7 +66,7 @@ class ProfileState:
     @classmethod
     def from_snapshot(cls, snapshot: SnapshotProfile, policies: MergePolicies,
                       audience_ids: Collection[str]) -> "ProfileState":
-        """The state a profile starts from in a seeded stream (SPEC 6): the snapshot's
+        """The state a profile starts from in a seeded stream (docs/semantics.md#exports): the snapshot's
         attributes as writes at its timestamp, its identities, and its memberships of the
         configured audiences, so known members are not announced again but their exits are."""
         state = cls(

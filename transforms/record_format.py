@@ -1,4 +1,4 @@
-"""Export record bytes (SPEC 6 point 5) and partition keys; the per-record hot path.
+"""Export record bytes (docs/semantics.md#exports point 4) and partition keys; the per-record hot path.
 
 Everything that depends only on the config is prepared once: the mapped attribute paths as a
 nested key tree in output order (attributes in mapping order, a nested object where its first

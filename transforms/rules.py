@@ -1,4 +1,4 @@
-"""The audience rule language (SPEC 5): parser, and a per-profile evaluator compiled to closures.
+"""The audience rule language (docs/semantics.md#profiles-and-audiences): parser, and a per-profile evaluator compiled to closures.
 
 ``compile_rule`` parses once into a small AST (the NamedTuples below) and compiles it into
 closures over pre-split paths, pre-compiled regexes and pre-parsed dates, so evaluating a

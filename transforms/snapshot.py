@@ -1,4 +1,4 @@
-"""Parquet profile snapshots and experience events (SPEC 4), read where the work runs.
+"""Parquet profile snapshots and experience events (docs/semantics.md#inputs), read where the work runs.
 
 A snapshot row: ``profileId`` (string), ``timestamp`` (Parquet timestamp, UTC), ``identityMap``
 (map<string, list<struct<id: string>>>), optional ``segmentMembership`` (JSON text as in the
@@ -28,8 +28,8 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 
+from transforms import progress
 from transforms.arrow_text import concat, joined_bytes
 from transforms.errors import UserError
 from transforms.model import DeadLetter, SegmentStatus, SnapshotProfile
@@ -106,11 +106,10 @@ def iter_snapshot_batches(pattern: str, batch_size: int = 65536) -> Iterator[pa.
 
 class _RowGroupsFn(beam.DoFn):
     """A file -> its ``(path, row group, first row)`` work items (JSONL: one item, row group
-    None); an unreadable file is a dead letter."""
+    None); an unreadable file is a ``DeadLetter``."""
 
     def __init__(self, flag: str):
         self._flag = flag
-        self._bad = Metrics.counter("inputs", "input_dead_letters")
 
     def process(self, path: str):
         if not is_parquet(path) and self._flag == "--events":
@@ -119,8 +118,7 @@ class _RowGroupsFn(beam.DoFn):
         try:
             meta = _open(path, self._flag).metadata
         except (ValueError, OSError) as e:
-            self._bad.inc()
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(f"{self._flag}: {e}", path, None, ""))
+            yield DeadLetter(f"{self._flag}: {e}", path, None, "")
             return
         first = 0
         for rg in range(meta.num_row_groups):
@@ -129,20 +127,30 @@ class _RowGroupsFn(beam.DoFn):
 
 
 class ReadParquetRowGroups(beam.PTransform):
-    """A glob -> ``(path, row group, first row)`` work items, expanded and listed inside the
-    pipeline and spread over workers (one big file still spreads by row group); outputs
-    ``work`` and ``dead_letter``."""
+    """A glob -> ``{"work": (path, row group, first row) items, "dead_letter": ...}``, expanded
+    and listed inside the pipeline and spread over workers (one big file still spreads by row
+    group)."""
 
     def __init__(self, pattern: str, flag: str):
         super().__init__()
         self._pattern, self._flag = pattern, flag
 
     def expand(self, pbegin):
-        return (pbegin
+        work = (pbegin
                 | "Glob" >> beam.Create([self._pattern])
                 | "Match" >> beam.FlatMap(lambda pattern: [m.path for m in FileSystems.match([pattern])[0].metadata_list])
                 | "SpreadFiles" >> beam.Reshuffle()
-                | "ListRowGroups" >> beam.ParDo(_RowGroupsFn(self._flag)).with_outputs(DEAD_LETTER, main="work"))
+                | "ListRowGroups" >> beam.ParDo(_RowGroupsFn(self._flag)))
+        return split_dead_letters(work, "work")
+
+
+def split_dead_letters(elements: beam.PCollection, name: str) -> dict:
+    """``{name: the other elements, "dead_letter": the DeadLetter elements}``, by two filters:
+    DoFns here yield dead letters inline rather than as tagged outputs, which Beam's DaskRunner
+    does not keep apart."""
+    label = name.title()
+    return {name: elements | f"{label}Only" >> beam.Filter(lambda e: not isinstance(e, DeadLetter)),
+            DEAD_LETTER: elements | f"{label}DeadLetters" >> beam.Filter(lambda e: isinstance(e, DeadLetter))}
 
 
 def read_row_group(path: str, row_group: int, columns: Sequence[str], batch_size: int) -> Iterator[pa.RecordBatch]:
@@ -345,7 +353,12 @@ class ReadSnapshotProfiles(beam.PTransform):
     def expand(self, pbegin):
         audience_ids = self._audience_ids
         row_groups = pbegin | "RowGroups" >> ReadParquetRowGroups(self._pattern, "--seed_snapshot")
-        return (row_groups.work
+        return (row_groups["work"]
                 | "Spread" >> beam.Reshuffle()
-                | "Rows" >> beam.FlatMap(lambda item: (p for batch in read_row_group(item[0], item[1], None, 65536)
-                                                       for p in snapshot_profiles(batch, audience_ids))))
+                | "Rows" >> beam.FlatMap(_row_group_profiles, audience_ids))
+
+
+def _row_group_profiles(item, audience_ids) -> Iterator[SnapshotProfile]:
+    for batch in read_row_group(item[0], item[1], None, 65536):
+        progress.add(progress.SEED_PROFILES, batch.num_rows)  # live progress of a seeded job
+        yield from snapshot_profiles(batch, audience_ids)
