@@ -21,16 +21,24 @@ AUDIENCES = [
 ]
 
 
-def bench_config(path: str, stream: str = "bench", endpoint_url: str = None) -> str:
-    """Three attribute audiences of one merge policy, all mapped, four mapped attributes."""
+EVENT_AUDIENCES = [
+    ("aud-active", "xEvent[timestamp occurs <= 30 days before now].count() >= 2"),
+    # prices are cents: no sum lands within float rounding of this bound, whatever the order
+    ("aud-spender", 'xEvent[eventType = "commerce.purchases"].sum(commerce.order.priceTotal) > 1000.005'),
+]
+
+
+def bench_config(path: str, stream: str = "bench", endpoint_url: str = None, audiences=AUDIENCES) -> str:
+    """Audiences (default: the three attribute ones) of one merge policy, all mapped, four
+    mapped attributes."""
     doc = {
         "destination": {"name": "bench", "region": "us-east-2", "stream": stream,
                         "dead_letter": os.path.join(os.path.dirname(path), "dead-letter")},
         "mapping": {"attributes": ["person.name.firstName", "person.name.lastName", "person.birthDate",
                                    "personalEmail.address"],
-                    "audiences": [{"id": a} for a, _ in AUDIENCES]},
+                    "audiences": [{"id": a} for a, _ in audiences]},
         "merge_policies": [{"id": "mp-default", "type": "timestamp_ordered", "default": True}],
-        "audiences": [{"id": a, "name": a, "rule": r} for a, r in AUDIENCES],
+        "audiences": [{"id": a, "name": a, "rule": r} for a, r in audiences],
     }
     if endpoint_url:
         doc["destination"]["endpoint_url"] = endpoint_url
@@ -45,6 +53,16 @@ def cached_snapshot(n: int) -> str:
     path = os.path.join(OUT, f"snapshot-{n}.parquet")
     if not os.path.exists(path):
         write_snapshot(path, n, seed=7, with_membership=True)
+    return path
+
+
+def cached_events(n_events: int, n_profiles: int) -> str:
+    from pipelines.sample_data import write_events
+    os.makedirs(OUT, exist_ok=True)
+    path = os.path.join(OUT, f"events-{n_events}-{n_profiles}.parquet")
+    if not os.path.exists(path):
+        write_events(path + ".tmp", n_events, n_profiles)
+        os.rename(path + ".tmp", path)
     return path
 
 

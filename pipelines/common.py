@@ -251,9 +251,9 @@ def count(pcoll: beam.PCollection, name: str, size: Optional[Callable[[object], 
 
 
 def record_count(element) -> int:
-    """Records in an output element: a backfill's ``RecordLines`` blob holds many."""
-    from transforms.file_sink import RecordLines
-    return element.count if isinstance(element, RecordLines) else 1
+    """Records in an output element: a backfill's ``ExportRecordBatch`` holds many."""
+    from transforms.model import ExportRecordBatch
+    return element.size if isinstance(element, ExportRecordBatch) else 1
 
 
 def run_pipeline(pipeline: beam.Pipeline, options: PipelineOptions, report: Callable[[Dict[str, int], float], None]):

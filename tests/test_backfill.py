@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from transforms import backfill as B
@@ -41,7 +42,7 @@ class FixedMembers:
     def __init__(self, members):
         self.members = {a: pa.array(v, pa.bool_()) for a, v in members.items()}
 
-    def evaluate_batch(self, batch, now_ms, events_by_profile=None):
+    def evaluate_batch(self, batch, now_ms, event_aggregates=None):
         return self.members
 
 
@@ -192,10 +193,13 @@ def test_no_qualifying_row_no_record():
     assert export(make_config(), batch_of(2), {a: [False, False] for a in "abcd"}) == {}
 
 
-def test_record_lines_are_the_file_sink_lines():
-    from transforms.file_sink import RecordLines, record_line
-    records = B.PolicyRecords("mp-1", pa.array(['k"1', "ü"]), ("{", pa.array(['"x":1}', '"y":2}'])))
-    assert B.record_lines(records) == RecordLines(record_line('k"1', b'{"x":1}') + record_line("ü", b'{"y":2}'), 2)
+def test_record_batches_are_the_records_kinesis_and_the_file_sink_take():
+    from transforms.file_sink import record_lines
+    from transforms.model import ExportRecord, ExportRecordBatch
+    records = ExportRecordBatch("mp-1", pa.array(['k"1', "ü"]), ("{", pa.array(['"x":1}', '"y":"ü"}'])))
+    assert records.records() == [ExportRecord('k"1', b'{"x":1}'), ExportRecord("ü", '{"y":"ü"}'.encode())]
+    assert record_lines(records.partition_keys, records.parts) == (
+        '{"partitionKey":"k\\"1","data":{"x":1}}\n{"partitionKey":"ü","data":{"y":"ü"}}\n').encode()
 
 
 # ------------------------------------------------------------------ property: same bytes as streaming
@@ -285,17 +289,18 @@ def test_export_snapshot_to_file_sink_and_records(tmp_path):
     selected = ["aud-delorean", "aud-gold"]
     expected = []
     exporter = B.SnapshotExporter(config, AudienceSet.from_config(config), selected, T0)
-    for b in B.open_parquet(snapshot).iter_batches(batch_size=700):
+    for b in pq.ParquetFile(snapshot).iter_batches(batch_size=700):
         records, _ = exporter.export(b)
         expected += [{"partitionKey": k, "data": json.loads(d)}
                      for r in records for k, d in zip(r.partition_keys.to_pylist(), r.data().to_pylist())]
     out = tmp_path / "out"
     with TestPipeline() as p:
-        (p | "Lines" >> B.ExportSnapshot(config, [snapshot], selected, T0, batch_size=700)
-           | WriteRecordFiles(str(out)))
-        records = p | "Records" >> B.ExportSnapshot(config, [snapshot], selected, T0, as_lines=False)
-        assert_that(records | beam.Map(lambda r: (r.partition_key, json.loads(r.data))),
-                    equal_to([(e["partitionKey"], e["data"]) for e in expected]))
+        export = p | B.ExportSnapshot(config, str(tmp_path / "*.parquet"), selected, T0, batch_size=700)
+        export["records"] | WriteRecordFiles(str(out))
+        assert_that(export["records"] | beam.FlatMap(lambda b: b.records())
+                    | beam.Map(lambda r: (r.partition_key, json.loads(r.data))),
+                    equal_to([(e["partitionKey"], e["data"]) for e in expected]), label="Records")
+        assert_that(export["dead_letter"], equal_to([]), label="NoDeadLetters")
     lines = [json.loads(line) for f in glob.glob(str(out / "records-*.jsonl")) for line in open(f, encoding="utf-8")]
     assert sorted(lines, key=json.dumps) == sorted(expected, key=json.dumps)
     assert not glob.glob(str(out / ".*.tmp"))

@@ -14,7 +14,7 @@ from pipelines.sample_data import write_snapshot
 from transforms.audiences import AudienceSet
 from transforms.config import load_config
 from transforms.record_format import RecordFormatter
-from transforms.snapshot import iter_snapshot_batches, read_events, snapshot_profiles
+from transforms.snapshot import iter_snapshot_batches, snapshot_profiles
 from transforms.timeutil import parse_timestamp_ms
 
 AS_OF = "2024-05-01T00:00:00Z"
@@ -54,12 +54,27 @@ def job(tmp_path_factory):
     return d, snapshot
 
 
-def expected_records(config_path, snapshot, selected, events_pattern=None):
+def read_events(path, as_of_ms):
+    """JSONL events by profile as the streaming evaluator holds them at ``as_of_ms`` (in time
+    order, none after it); unreadable lines skipped."""
+    events = {}
+    for line in open(path, encoding="utf-8"):
+        try:
+            row = json.loads(line)
+            t = parse_timestamp_ms(row.pop("timestamp"))
+        except (ValueError, KeyError, AttributeError, TypeError):
+            continue
+        if isinstance(row.get("profileId"), str) and t <= as_of_ms:
+            events.setdefault(row.pop("profileId"), []).append({**row, "timestamp": t})
+    return {p: sorted(evs, key=lambda e: e["timestamp"]) for p, evs in events.items()}
+
+
+def expected_records(config_path, snapshot, selected, events_path=None):
     """The per-profile path: rules on the row, then the streaming formatter (docs/semantics.md#exports "Backfill")."""
     config = load_config(config_path)
     audiences, formatter = AudienceSet.from_config(config), RecordFormatter(config)
-    events = read_events(events_pattern) if events_pattern else {}
     now = parse_timestamp_ms(AS_OF)
+    events = read_events(events_path, now) if events_path else {}
     out = set()
     for batch in iter_snapshot_batches(snapshot):
         for p in snapshot_profiles(batch):
@@ -99,22 +114,37 @@ def test_backfill_to_files_matches_the_per_profile_path(job):
     crm = sum(b'"aud-gold"' in data for _, data in got)   # each record is of one policy
     assert summary == (f"backfill as of 2024-05-01T00:00:00Z: 2500 profiles read; members aud-delorean: "
                        f"{len(got) - crm}, aud-gold: {crm}; records mp-default: {len(got) - crm}, mp-crm: {crm}; "
-                       f"{len(got)} records written to {out}, 0 records dead-lettered")
+                       f"{len(got)} records written to {out}, 0 records dead-lettered; "
+                       "0 bad input rows or files dead-lettered")
     assert not glob.glob(str(out / ".*"))
 
 
 def test_backfill_with_events_and_selected_audiences(job):
+    """Bad event rows are dead-lettered with their line, the backfill goes on; an event
+    stamped after --as_of counts for no rule."""
     d, snapshot = job
     out = d / "out-events"
-    proc = run("--config", str(d / "config.yaml"), "--snapshot", snapshot, "--events", str(d / "events.jsonl"),
+    events = d / "events-all.jsonl"
+    bad = ['[1]', json.dumps({"timestamp": "2024-04-20T10:00:00Z", "eventType": "commerce.purchases"}),
+           json.dumps({"profileId": "p-1", "timestamp": "later", "eventType": "commerce.purchases"})]
+    later = json.dumps({"profileId": "p-1", "timestamp": "2024-05-02T00:00:00Z", "eventType": "commerce.purchases"})
+    events.write_text((d / "events.jsonl").read_text() + "\n".join(bad + [later]) + "\n")
+    proc = run("--config", str(d / "config.yaml"), "--snapshot", snapshot, "--events", str(events),
                "--audiences", "aud-buyers,aud-gold", "--as_of", AS_OF, "--output", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "skipping" not in proc.stderr
     got = records_in(out)
-    assert set(got) == expected_records(str(d / "config.yaml"), snapshot, ["aud-buyers", "aud-gold"],
-                                        str(d / "events.jsonl"))
+    assert set(got) == expected_records(str(d / "config.yaml"), snapshot, ["aud-buyers", "aud-gold"], str(events))
     buyers = [k for k, data in got if b'"aud-buyers"' in data]
     assert len(buyers) == len(range(0, 2500, 7))
+    assert proc.stderr.strip().endswith("; 3 bad input rows or files dead-lettered")
+    n = len((d / "events.jsonl").read_text().splitlines())
+    letters = [json.loads(line) for f in glob.glob(str(d / "dl" / "input" / "*.jsonl")) for line in open(f)]
+    assert sorted((x["position"], x["reason"], x["source"]) for x in letters) == sorted([
+        (f"line {n + 1}", "--events: not a JSON object", str(events)),
+        (f"line {n + 2}", "--events: no 'profileId'", str(events)),
+        (f"line {n + 3}", "--events: no readable 'timestamp'", str(events))])
+    assert letters[0]["raw"]
 
 
 @pytest.mark.parametrize("args,message", [
@@ -123,7 +153,7 @@ def test_backfill_with_events_and_selected_audiences(job):
     (["--audiences", "aud-delorean,aud-rich"], "--audiences: not mapped in the config: aud-rich"),
     (["--audiences", "aud-buyers"], "no audience left to export (their rules need --events)"),
     (["--snapshot", "TEXT"], "not a readable Parquet file"),
-    (["--events", "TEXT"], "line 1 is not valid JSON"),
+    (["--events", "/nonexistent/*.jsonl"], "--events matches no files: /nonexistent/*.jsonl"),
 ])
 def test_errors_are_one_line_and_non_zero(job, args, message):
     d, snapshot = job

@@ -12,7 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipelines.sample_data import snapshot_table, write_snapshot
 from transforms.errors import UserError
 from transforms.model import SegmentStatus
-from transforms.snapshot import (ReadSnapshotProfiles, iter_snapshot_batches, parse_membership, read_events,
+from transforms.snapshot import (ReadSnapshotProfiles, iter_snapshot_batches, parse_membership,
                                  snapshot_profiles)
 
 MAY_1 = 1714557600000  # 2024-05-01T10:00:00Z
@@ -105,31 +105,3 @@ def test_seed_transform_reads_every_file(tmp_path):
     with TestPipeline() as p:
         profiles = p | ReadSnapshotProfiles(str(tmp_path / "s-*.parquet"))
         assert_that(profiles | beam.Map(lambda s: s.profile_id), equal_to([f"p-{i}" for i in range(150)]))
-
-
-def test_events_from_parquet_and_jsonl(tmp_path):
-    write_table(tmp_path / "e.parquet", profileId=["p-1", "p-2"],
-                timestamp=pa.array([MAY_1, MAY_1 + 1], pa.timestamp("ms", tz="UTC")),
-                eventType=["commerce.purchases", None],
-                commerce=pa.array([{"order": {"priceTotal": 120.5}}, None]))
-    (tmp_path / "e.jsonl").write_text(
-        json.dumps({"profileId": "p-1", "timestamp": "2024-05-01T10:00:02Z", "eventType": "web.visit"}) + "\n\n")
-    events = read_events(str(tmp_path / "e.*"))
-    assert events == {"p-1": [{"timestamp": MAY_1, "eventType": "commerce.purchases",
-                               "commerce": {"order": {"priceTotal": 120.5}}},
-                              {"timestamp": MAY_1 + 2000, "eventType": "web.visit"}],
-                      "p-2": [{"timestamp": MAY_1 + 1}]}
-
-
-@pytest.mark.parametrize("lines,message", [
-    (['{"profileId": "p", "timestamp": 1}', "{oops"], "line 2 is not valid JSON"),
-    (['[1]'], "line 1 is not a JSON object"),
-    (['{"timestamp": 1}'], "line 1: no 'profileId'"),
-    (['{"profileId": "p"}'], "line 1: no 'timestamp'"),
-    (['{"profileId": "p", "timestamp": "later"}'], "line 1: 'timestamp': not an ISO-8601 timestamp: 'later'"),
-])
-def test_bad_event_rows_are_one_line_errors(tmp_path, lines, message):
-    (tmp_path / "e.jsonl").write_text("\n".join(lines) + "\n")
-    with pytest.raises(UserError) as e:
-        read_events(str(tmp_path / "e.jsonl"))
-    assert str(e.value) == f"--events {tmp_path}/e.jsonl: {message}"

@@ -10,6 +10,7 @@ from tests import test_rules
 from tests.export_helpers import audience, make_config
 from transforms.audiences import AudienceSet
 from transforms.config import AudienceDefinition, UploadSource
+from transforms.event_join import EventPlan
 from transforms.rules import compile_rule
 from transforms.vectorized import identity_membership
 
@@ -25,18 +26,35 @@ def strip_nulls(value):
     return value
 
 
+def event_aggregates(rules, batch, events_by_profile, now=NOW, max_events=10 ** 9):
+    """What the backfill's event join (``transforms.event_join``) gives the rules for the
+    batch's profiles, from the events as an Arrow batch."""
+    if not events_by_profile:
+        return None
+    plan = EventPlan(rules, now, max_events)
+    rows = [{"profileId": pid, **e} for pid, evs in events_by_profile.items() for e in evs]
+    table, dead = plan.contributions(pa.RecordBatch.from_pylist(rows), "events", 0)
+    assert dead == []
+    return plan.lookup(plan.aggregate([table]), batch.column("profileId"))
+
+
+def seen_at(events, now=NOW):
+    """The events a backfill at ``now`` sees: none stamped after it."""
+    return [e for e in events if e["timestamp"] <= now]
+
+
 def per_profile(rule, batch, now=NOW, segments=None, events_by_profile=None):
     events_by_profile = events_by_profile or {}
     segments = segments or {}
     seg_rows = {aid: arr.to_pylist() for aid, arr in segments.items()}
-    return [rule.evaluate(strip_nulls(row), events_by_profile.get(row.get("profileId"), ()), now,
+    return [rule.evaluate(strip_nulls(row), seen_at(events_by_profile.get(row.get("profileId"), ()), now), now,
                           {aid: rows[i] for aid, rows in seg_rows.items()})
             for i, row in enumerate(batch.to_pylist())]
 
 
 def assert_parity(rule_text, batch, now=NOW, segments=None, events_by_profile=None):
     rule = compile_rule("a", rule_text)
-    got = rule.vectorized(batch, now, segments or {}, events_by_profile)
+    got = rule.vectorized(batch, now, segments or {}, event_aggregates([rule], batch, events_by_profile, now))
     assert got.type == pa.bool_() and got.null_count == 0 and len(got) == batch.num_rows
     assert got.to_pylist() == per_profile(rule, batch, now, segments, events_by_profile), rule_text
     return got.to_pylist()
@@ -155,7 +173,8 @@ def test_evaluate_batch_in_segment_order_and_uploads(tmp_path):
     batch = identity_batch()
     batch = batch.append_column("tier", pa.array(["gold", "gold", None, "x", "gold", "silver", "gold"]))
     events = {"p0": [{"timestamp": NOW}, {"timestamp": NOW - DAY}], "p1": [{"timestamp": NOW}], "zz": []}
-    got = {k: v.to_pylist() for k, v in auds.evaluate_batch(batch, NOW, events).items()}
+    got = {k: v.to_pylist() for k, v in auds.evaluate_batch(
+        batch, NOW, event_aggregates(auds.rules.values(), batch, events)).items()}
     assert list(got) == ["vip", "vip-gold", "gold", "busy"]
     assert got["vip"] == [True, False, False, False, True, True, False]
     assert got["vip-gold"] == [True, False, False, False, True, False, False]
@@ -164,7 +183,7 @@ def test_evaluate_batch_in_segment_order_and_uploads(tmp_path):
     for i, row in enumerate(batch.to_pylist()):  # the streaming evaluator agrees, row by row
         identities = {ns: tuple(e["id"] for e in ids or () if e and e["id"]) for ns, ids in row["identityMap"] or ()}
         members = auds.evaluate({"mp-default": strip_nulls({"tier": row["tier"]})}, identities,
-                                events.get(row["profileId"], ()), NOW)
+                                seen_at(events.get(row["profileId"], ())), NOW)
         assert members == {aid for aid, rows in got.items() if rows[i]}
 
 
@@ -217,7 +236,7 @@ def generate(n, seed=20240501):
     batch = pa.RecordBatch.from_pylist(rows, schema=SCHEMA)
     kinds = ["purchase", "view", "Purchase"]
     events = {f"p-{i}": [{"timestamp": NOW - rnd.choice([rnd.randrange(-DAY, 10 * DAY), 7 * DAY, 7 * DAY + 1, 0]),
-                          "eventType": rnd.choice(kinds), "price": rnd.choice([rnd.uniform(0, 80), None, "9"])}
+                          "eventType": rnd.choice(kinds), "price": rnd.choice([rnd.uniform(0, 80), None, 9])}
                          for _ in range(rnd.randrange(1, 5))]
               for i in range(0, n, 3)}
     return batch, events
@@ -255,15 +274,15 @@ CONSTANT = {"nocolumn = 1", "mixed = 5", 'person.age = "5"', "missing.path.isNul
 def test_property_parity_on_10k_profiles():
     batch, events = generate(10_000)
     young = compile_rule("seg-young", "person.age < 25")
-    segments = {"seg-young": young.vectorized(batch, NOW, {}, events)}
+    segments = {"seg-young": young.vectorized(batch, NOW, {})}
     assert len(PROPERTY_RULES) >= 25
     views = [strip_nulls(row) for row in batch.to_pylist()]
     seg_rows = segments["seg-young"].to_pylist()
     for text in PROPERTY_RULES:
         rule = compile_rule("a", text)
-        got = rule.vectorized(batch, NOW, segments, events)
+        got = rule.vectorized(batch, NOW, segments, event_aggregates([rule], batch, events))
         assert got.null_count == 0
-        expected = [rule.evaluate(view, events.get(view["profileId"], ()), NOW, {"seg-young": seg})
+        expected = [rule.evaluate(view, seen_at(events.get(view["profileId"], ())), NOW, {"seg-young": seg})
                     for view, seg in zip(views, seg_rows)]
         assert got.to_pylist() == expected, text
         assert (0 < sum(expected) < len(expected)) != (text in CONSTANT), text  # the data exercises the rule

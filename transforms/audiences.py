@@ -197,16 +197,17 @@ class AudienceSet:
                 best = due
         return best
 
-    def evaluate_batch(self, batch, now_ms: int, events_by_profile=None) -> Dict[str, pa.BooleanArray]:
+    def evaluate_batch(self, batch, now_ms: int, event_aggregates=None) -> Dict[str, pa.BooleanArray]:
         """Backfill: one boolean array per audience over a snapshot batch (one merged view per
         row, so every policy reads the same columns); rules vectorized, uploads over
-        ``identityMap``. ``events_by_profile``: profile id -> events (None: no events)."""
+        ``identityMap``. ``event_aggregates``: per-row aggregates of the rules' event parts
+        (``transforms.event_join``; None: no events)."""
         if self._upload_values is None:
             self._upload_values = {aid: pa.array(sorted(values), pa.string()) for aid, values in self.uploads.items()}
         out: Dict[str, pa.BooleanArray] = {}
         for a in self.ordered:
             if a.id in self.rules:
-                out[a.id] = self.rules[a.id].vectorized(batch, now_ms, out, events_by_profile)
+                out[a.id] = self.rules[a.id].vectorized(batch, now_ms, out, event_aggregates)
             elif a.id in self.uploads:
                 if a.id in self.expiries and now_ms >= self.expiries[a.id]:
                     out[a.id] = pa.array(np.zeros(batch.num_rows, dtype=bool))

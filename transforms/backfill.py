@@ -7,10 +7,11 @@ pyarrow string kernels over whole record batches (the qualifying rows only): map
 as JSON fragments, the ``ups`` entries from the same text pieces the streaming
 ``RecordFormatter`` uses, and the identity map by joining list offsets, so no Python object is
 made per row or attribute. The bytes are those of ``RecordFormatter.format`` for the profile
-that ``snapshot.snapshot_profiles`` reads from the row; where Arrow cannot format a value the
-way ``json`` does (strings with control characters, floats outside [1e-4, 1e10), lists,
-timestamps, decimals, binary; odd identity maps; partition keys over 256 characters) those
-values alone go through Python.
+that ``snapshot.snapshot_profiles`` reads from the row: identity maps and memberships are read
+by the same functions (``snapshot.normalized_identities``, ``snapshot.membership_entries``);
+where Arrow cannot format a value the way ``json`` does (strings with control characters,
+floats outside [1e-4, 1e10), lists, timestamps, decimals, binary; partition keys over 256
+characters) those values alone go through Python.
 
 ``lastQualificationTime`` is the snapshot's ``segmentMembership`` entry for the audience (any
 status) when it has one of the form ``YYYY-MM-DDTHH:MM:SS[.fff](Z|±HH:MM|±HHMM)``, else the
@@ -22,41 +23,37 @@ the others are counted (``consent_withheld``). With ``include_export_metadata`` 
 with ``_export`` (sequence 0, ``at`` = ``as_of``, trigger ``backfill``); its id, a SHA-256 per
 row, is the one part made in Python.
 
-``ExportSnapshot`` is the Beam step: one element per Parquet row group, read, evaluated and
-formatted inside one DoFn (record batches never cross a Beam boundary), yielding one blob of
-``records-*.jsonl`` lines per batch and policy for the file sink, or ``ExportRecord`` elements
-for Kinesis.
+``ExportSnapshot`` is the Beam step. It yields ``ExportRecordBatch`` elements (a batch's records
+of one merge policy, as Arrow text pieces) and knows nothing of the sink: the file sink builds
+its lines from the pieces in one pass, ``KinesisWrite`` takes their records one by one. Without
+event rules, each Parquet row group is read (projected columns), evaluated and formatted inside
+one DoFn, so record batches never cross a Beam boundary; with event rules, the bucket join of
+``transforms.event_join`` comes first. Rows without ``profileId`` are skipped.
 """
 from __future__ import annotations
 
 import json
-import re
 from functools import reduce
-from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import apache_beam as beam
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
+from transforms.arrow_text import concat as _concat, json_escaped, python_where as _python_where
 from transforms import progress
 from transforms.audiences import AudienceSet, compile_consent
 from transforms.config import ExportConfig
-from transforms.file_sink import RecordLines
-from transforms.model import ExportRecord
+from transforms.event_join import EventContributions, EventPlan, default_buckets, from_ipc, split_by_bucket
+from transforms.model import DeadLetter, ExportRecordBatch
 from transforms.record_format import MAX_PARTITION_KEY_CHARS, RecordFormatter, encode_json, export_id
-from transforms.snapshot import RESERVED, drop_nulls, open_parquet
+from transforms.snapshot import (DEAD_LETTER, RESERVED, ReadParquetRowGroups, check_files, drop_nulls,
+                                 membership_entries, normalized_identities, read_row_group, split_dead_letters,
+                                 total_bytes)
 from transforms.timeutil import format_qualification_time
 
 _NO_TEXT = pa.scalar(None, pa.string())
-_SPECIAL = r'[\x00-\x1f"\\]'
-_ISO_Z = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$"
-
-
-def _concat(*parts) -> pa.Array:
-    """Element-wise concatenation of string arrays and scalars; null if any part is null."""
-    return pc.binary_join_element_wise(*parts, "")
 
 
 def _join_members(members: Sequence[pa.Array]) -> pa.Array:
@@ -69,30 +66,6 @@ def _join_members(members: Sequence[pa.Array]) -> pa.Array:
 def _drop_comma(joined: pa.Array) -> pa.Array:
     """Without the leading (ASCII) comma; sliced as bytes, ~30x faster than by code points."""
     return pc.binary_slice(joined.view(pa.binary()), 1, 2 ** 31 - 1).view(pa.string())
-
-
-def _python_where(values: pa.Array, mask: pa.Array, fn) -> Optional[pa.Array]:
-    """``fn`` of just the masked values (the rare ones Arrow cannot format), as a string
-    array to put back with ``replace_with_mask``; None when no value is masked."""
-    if not pc.any(mask).as_py():
-        return None
-    return pa.array([fn(v) for v in values.filter(mask).to_pylist()], pa.string())
-
-
-def json_escaped(values: pa.Array) -> pa.Array:
-    """The JSON text between the quotes of string values (``json`` escaping with
-    ensure_ascii=False). Only the values holding a quote, backslash or control character are
-    touched; control characters (rare) are escaped by ``json`` itself."""
-    special = pc.fill_null(pc.match_substring_regex(values, _SPECIAL), False)
-    if not pc.any(special).as_py():
-        return values
-    odd = values.filter(special)
-    fixed = pc.replace_substring(pc.replace_substring(odd, "\\", "\\\\"), '"', '\\"')
-    control = pc.match_substring_regex(odd, r"[\x00-\x1f]")
-    by_json = _python_where(odd, control, lambda v: json.dumps(v, ensure_ascii=False)[1:-1])
-    if by_json is not None:
-        fixed = pc.replace_with_mask(fixed, control, by_json)
-    return pc.replace_with_mask(values, special, fixed)
 
 
 def _json_floats(values: pa.Array) -> pa.Array:
@@ -173,34 +146,19 @@ def object_members(values, tree: Mapping[str, Optional[dict]]) -> Optional[pa.Ar
 
 
 def identity_map_json(identity_map: Optional[pa.Array], n: int) -> pa.Array:
-    """``"ns":[{"id":"..."}],...`` (the identity map's members) per row from
-    map<string, list<struct<id>>>, by offsets."""
+    """``"ns":[{"id":"..."}],...`` (the identity map's members) per row from the map
+    ``snapshot.normalized_identities`` returns, by offsets."""
     if identity_map is None:
         return pa.array([""] * n, pa.string())
-    arr = identity_map
+    arr = normalized_identities(identity_map)
     start, end = arr.offsets[0].as_py(), arr.offsets[-1].as_py()
     items = arr.items.slice(start, end - start)
     keys = arr.keys.slice(start, end - start)
-    ids = pc.struct_field(items.flatten(), [0]) if len(items) else pa.array([], pa.string())
-    odd = (arr.null_count or items.null_count or ids.null_count or keys.null_count
-           or (len(items) and pc.min(pc.list_value_length(items)).as_py() == 0)
-           or (len(ids) and pc.min(pc.binary_length(ids)).as_py() == 0))
-    if odd:  # null rows, empty or null lists, null or empty ids: the per-profile shape, per row
-        return _identity_map_rows(arr)
+    ids = pc.struct_field(items.flatten(), "id") if len(items) else pa.array([], pa.string())
     id_json = _concat('{"id":"', json_escaped(ids.cast(pa.string())), '"}')
     lists = pa.ListArray.from_arrays(pc.subtract(items.offsets, items.offsets[0]), id_json)
     entries = _concat('"', json_escaped(keys.cast(pa.string())), '":[', pc.binary_join(lists, ","), "]")
     return pc.binary_join(pa.ListArray.from_arrays(pc.subtract(arr.offsets, start), entries), ",")
-
-
-def _identity_map_rows(arr: pa.Array) -> pa.Array:
-    """As ``snapshot_profiles`` reads identities: namespaces without a non-empty id dropped."""
-    out = []
-    for entries in arr.to_pylist():
-        ids = {ns: [i["id"] for i in (items or ()) if i and i.get("id")] for ns, items in (entries or ())}
-        out.append(",".join(json.dumps(ns, ensure_ascii=False) + ":[" + ",".join(
-            '{"id":' + json.dumps(i, ensure_ascii=False) + "}" for i in v) + "]" for ns, v in ids.items() if v))
-    return pa.array(out, pa.string())
 
 
 def _iso_seconds(naive: pa.Array) -> pa.Array:
@@ -219,19 +177,9 @@ def row_times(batch: pa.RecordBatch, default_ms: int) -> pa.Array:
     return pc.fill_null(text, format_qualification_time(default_ms)) if text.null_count else text
 
 
-def snapshot_times(membership: pa.Array, audience_id: str) -> pa.Array:
-    """The audience's ``lastQualificationTime`` in the snapshot's ``segmentMembership`` JSON,
-    normalized to ``YYYY-MM-DDTHH:MM:SSZ``; null where absent or unreadable."""
-    pattern = '"' + re.escape(audience_id) + r'"\s*:\s*\{[^{}]*"lastQualificationTime"\s*:\s*"(?P<t>[^"]+)"'
-    found = pc.struct_field(pc.extract_regex(membership, pattern), [0])
-    normal = pc.match_substring_regex(found, _ISO_Z)
-    if pc.all(pc.or_kleene(normal, found.is_null())).as_py():
-        return found
-    text = pc.replace_substring_regex(found, r"\.\d+", "")
-    text = pc.replace_substring_regex(text, r"[Zz]$", "+0000")
-    text = pc.replace_substring_regex(text, r"([+-]\d\d):(\d\d)$", r"\1\2")
-    parsed = pc.strptime(text, format="%Y-%m-%dT%H:%M:%S%z", unit="s", error_is_null=True)
-    return _iso_seconds(parsed.cast(pa.int64()).view(pa.timestamp("s")))
+def qualification_texts(ms: pa.Array) -> pa.Array:
+    """Epoch ms -> ``YYYY-MM-DDTHH:MM:SSZ`` (floored to the second), null stays null."""
+    return _iso_seconds(ms.cast(pa.int64()).cast(pa.timestamp("ms")))
 
 
 def partition_keys(profile_ids: pa.Array) -> pa.Array:
@@ -241,26 +189,12 @@ def partition_keys(profile_ids: pa.Array) -> pa.Array:
     return profile_ids if hashed is None else pc.replace_with_mask(profile_ids, long, hashed)
 
 
-class PolicyRecords(NamedTuple):
-    """The records of one merge policy in a batch: partition keys, and the pieces (string
-    arrays and constants) whose concatenation is each record's data, so the file sink's lines
-    are built in one pass."""
-    policy_id: str
-    partition_keys: pa.Array
-    parts: Tuple[object, ...]
-
-    def data(self) -> pa.Array:
-        return _concat(*self.parts)
-
-
 class SnapshotExporter:
     """Pure and vectorized: a snapshot record batch in, export records per merge policy out."""
 
-    def __init__(self, config: ExportConfig, audiences: AudienceSet, selected: Sequence[str], as_of_ms: int,
-                 events_by_profile=None):
+    def __init__(self, config: ExportConfig, audiences: AudienceSet, selected: Sequence[str], as_of_ms: int):
         self.audiences = audiences
         self.as_of_ms = as_of_ms
-        self.events = events_by_profile
         self.formatter = RecordFormatter(config)
         # only profiles that consent at as_of are exported: one more mask (one merged view per row)
         self.consent = compile_consent(config.activation.consent).vectorized if config.activation.consent else None
@@ -273,10 +207,13 @@ class SnapshotExporter:
             ids = [a.id for a in config.audiences if a.merge_policy == policy.id]
             if chosen.intersection(ids):
                 self.plans.append((policy.id, [a for a in ids if a in chosen], ids))
+        self.exported_ids = [a for _, _, ids in self.plans for a in ids]
 
-    def export(self, batch: pa.RecordBatch) -> Tuple[List[PolicyRecords], Dict[str, pa.BooleanArray]]:
-        """The records of a batch per merge policy, and every audience's membership column."""
-        members = self.audiences.evaluate_batch(batch, self.as_of_ms, self.events)
+    def export(self, batch: pa.RecordBatch, event_aggregates: Optional[Mapping] = None
+               ) -> Tuple[List[ExportRecordBatch], Dict[str, pa.BooleanArray]]:
+        """The records of a batch per merge policy, and every audience's membership column.
+        ``event_aggregates``: the rows' event aggregates (``EventPlan.lookup``)."""
+        members = self.audiences.evaluate_batch(batch, self.as_of_ms, event_aggregates)
         qualifies = [(pid, reduce(pc.or_, [members[a] for a in selected]), ids) for pid, selected, ids in self.plans]
         if self.consent is not None:
             consents = pc.fill_null(self.consent(batch, self.as_of_ms), False)
@@ -293,22 +230,22 @@ class SnapshotExporter:
         profile_ids = sub.column("profileId").cast(pa.string())
         keys = partition_keys(profile_ids)
         row_time = row_times(sub, self.as_of_ms)
-        membership = _column(sub, "segmentMembership")
+        known = membership_entries(_column(sub, "segmentMembership"), self.exported_ids)
         out = []
         for policy_id, qualified, ids in qualifies:
             rows = qualified.filter(any_policy)
             if not pc.any(rows).as_py():
                 continue
-            entries = [e for e in (self._entry(a, pc.and_(members[a].filter(any_policy), rows), row_time, membership)
+            entries = [e for e in (self._entry(a, pc.and_(members[a].filter(any_policy), rows), row_time, known.get(a))
                                    for a in ids) if e is not None]
             parts = (head, '"segmentMembership":{"ups":{', _drop_comma(_join_members(entries)), tail)
             if self.metadata:
                 parts += (self._export_metadata(profile_ids, policy_id),)
             if len(qualifies) > 1:   # with one policy, every row of ``sub`` qualifies
                 parts = tuple(p if isinstance(p, str) else p.filter(rows) for p in parts)
-                out.append(PolicyRecords(policy_id, keys.filter(rows), parts))
+                out.append(ExportRecordBatch(policy_id, keys.filter(rows), parts))
             else:
-                out.append(PolicyRecords(policy_id, keys, parts))
+                out.append(ExportRecordBatch(policy_id, keys, parts))
         return out, members
 
     def _export_metadata(self, profile_ids: pa.Array, policy_id: str) -> pa.Array:
@@ -320,13 +257,14 @@ class SnapshotExporter:
         return _concat(',"_export":{"id":"', ids, f'","sequence":0,"at":{self.as_of_ms},"triggers":["backfill"]}}}}')
 
     def _entry(self, audience_id: str, member: pa.Array, row_time: pa.Array,
-               membership: Optional[pa.Array]) -> Optional[pa.Array]:
-        """``,"id":{...}``: the audience's ``ups`` entry where it is realized (null elsewhere)."""
+               known: Optional[Tuple[pa.Array, pa.Array]]) -> Optional[pa.Array]:
+        """``,"id":{...}``: the audience's ``ups`` entry where it is realized (null elsewhere);
+        its time from the snapshot's entry for the audience (any status), else the row's."""
         if not pc.any(member).as_py():
             return None
         times = row_time.filter(member)
-        if membership is not None:
-            times = pc.coalesce(snapshot_times(membership.filter(member).cast(pa.string()), audience_id), times)
+        if known is not None:
+            times = pc.coalesce(qualification_texts(known[1].filter(member)), times)
         head, tail = self.formatter.ups_entry_parts(audience_id, "realized")
         return pc.replace_with_mask(pa.nulls(len(member), pa.string()), member, _concat("," + head, times, tail))
 
@@ -335,65 +273,158 @@ def _column(batch: pa.RecordBatch, name: str) -> Optional[pa.Array]:
     return batch.column(name) if name in batch.schema.names else None
 
 
-def record_lines(records: PolicyRecords) -> RecordLines:
-    """The file sink's ``{"partitionKey":..,"data":..}`` lines of a batch, as one blob."""
-    lines = _concat('{"partitionKey":"', json_escaped(records.partition_keys), '","data":', *records.parts, "}\n")
-    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)
-    start, end = offsets[lines.offset], offsets[lines.offset + len(lines)]
-    return RecordLines(lines.buffers()[2][start:end].to_pybytes(), len(lines))
+def snapshot_columns(config: ExportConfig, audiences: AudienceSet) -> List[str]:
+    """The snapshot columns a backfill reads: the reserved ones, and the top-level columns of
+    the attribute paths of the rules and the consent rule, and of the mapped attributes
+    (column projection)."""
+    rules = list(audiences.rules.values())
+    if config.activation.consent:
+        rules.append(compile_consent(config.activation.consent))
+    paths = [p for rule in rules for p in rule.view_paths] + list(config.mapping.attributes)
+    return list(dict.fromkeys(list(RESERVED) + [p.split(".")[0] for p in paths]))
 
 
-def row_groups(paths: Sequence[str]) -> List[Tuple[str, int]]:
-    """(file, row group) work items, so one big file still spreads over workers."""
-    return [(path, rg) for path in paths for rg in range(open_parquet(path).num_row_groups)]
+def with_profile_ids(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The rows that have a ``profileId`` (as the streaming seed reads them)."""
+    ids = batch.column("profileId")
+    if not pa.types.is_string(ids.type):
+        batch = batch.set_column(batch.schema.get_field_index("profileId"), "profileId", ids.cast(pa.string()))
+        ids = batch.column("profileId")
+    present = pc.fill_null(pc.greater(pc.binary_length(ids), 0), False)
+    return batch if pc.all(present).as_py() else batch.filter(present)
 
 
-class _ExportRowGroupFn(beam.DoFn):
-    def __init__(self, config: ExportConfig, selected: Sequence[str], as_of_ms: int,
-                 events_by_profile: Optional[Mapping[str, list]], as_lines: bool, batch_size: int):
+class _ExportFn(beam.DoFn):
+    """What both backfill DoFns share: the exporter, built once per worker, and its metrics."""
+
+    def __init__(self, config: ExportConfig, selected: Sequence[str], as_of_ms: int, batch_size: int):
         self._config, self._selected, self._as_of_ms = config, list(selected), as_of_ms
-        self._events, self._as_lines, self._batch_size = events_by_profile, as_lines, batch_size
+        self._batch_size = batch_size
         self._profiles = Metrics.counter("backfill", "profiles")
         self._records = Metrics.counter("backfill", "records")
 
     def setup(self):
-        self._exporter = SnapshotExporter(self._config, AudienceSet.from_config(self._config), self._selected,
-                                          self._as_of_ms, self._events)
+        self._audiences = AudienceSet.from_config(self._config)
+        self._exporter = SnapshotExporter(self._config, self._audiences, self._selected, self._as_of_ms)
+        self._columns = snapshot_columns(self._config, self._audiences)
+
+    def _export(self, batch: pa.RecordBatch, event_aggregates=None):
+        self._profiles.inc(batch.num_rows)
+        progress.add(progress.PROFILES, batch.num_rows)
+        results, members = self._exporter.export(batch, event_aggregates)
+        if self._exporter.withheld:
+            Metrics.counter("backfill", "consent_withheld").inc(self._exporter.withheld)
+        for records in results:
+            self._records.inc(records.size)
+            Metrics.counter("backfill", f"records_{records.policy_id}").inc(records.size)
+            yield records
+        for audience_id in self._selected:
+            Metrics.counter("backfill", f"members_{audience_id}").inc(pc.sum(members[audience_id]).as_py() or 0)
+
+
+def _unreadable(path: str, row_group: int, e: Exception) -> DeadLetter:
+    return DeadLetter(f"--snapshot: cannot read: {e}", path, f"row group {row_group}", "")
+
+
+class _ExportRowGroupFn(_ExportFn):
+    """Attribute rules only: a row group read, evaluated and formatted in one step (record
+    batches never cross a Beam boundary)."""
 
     def process(self, item):
-        path, row_group = item
-        for batch in open_parquet(path).iter_batches(batch_size=self._batch_size, row_groups=[row_group]):
-            self._profiles.inc(len(batch))
-            progress.add(progress.PROFILES, len(batch))
-            results, members = self._exporter.export(batch)
-            if self._exporter.withheld:
-                Metrics.counter("backfill", "consent_withheld").inc(self._exporter.withheld)
-            for records in results:
-                self._records.inc(len(records.partition_keys))
-                Metrics.counter("backfill", f"records_{records.policy_id}").inc(len(records.partition_keys))
-                if self._as_lines:
-                    yield record_lines(records)
-                else:
-                    for key, data in zip(records.partition_keys.to_pylist(), records.data().to_pylist()):
-                        yield ExportRecord(key, data.encode(), None)
-            for audience_id in self._selected:
-                Metrics.counter("backfill", f"members_{audience_id}").inc(pc.sum(members[audience_id]).as_py() or 0)
+        path, row_group, _ = item
+        try:
+            for batch in read_row_group(path, row_group, self._columns, self._batch_size):
+                yield from self._export(with_profile_ids(batch))
+        except (OSError, ValueError, pa.ArrowException) as e:
+            yield _unreadable(path, row_group, e)
+
+
+class _SnapshotPiecesFn(beam.DoFn):
+    """A snapshot row group -> ``(bucket, IPC blob)`` pieces for the event join."""
+
+    def __init__(self, columns: Sequence[str], buckets: int, batch_size: int):
+        self._columns, self._buckets, self._batch_size = list(columns), buckets, batch_size
+
+    def process(self, item):
+        path, row_group, _ = item
+        try:
+            for batch in read_row_group(path, row_group, self._columns, self._batch_size):
+                yield from split_by_bucket(with_profile_ids(batch), self._buckets)
+        except (OSError, ValueError, pa.ArrowException) as e:
+            yield _unreadable(path, row_group, e)
+
+
+class _JoinBucketFn(_ExportFn):
+    """One bucket: its events aggregated per profile, then its snapshot rows evaluated and
+    formatted ``batch_size`` rows at a time (``transforms.event_join``)."""
+
+    def setup(self):
+        super().setup()
+        self._plan = EventPlan(self._audiences.rules.values(), self._as_of_ms,
+                               self._config.evaluation.max_events_per_profile)
+
+    def process(self, element):
+        _, sides = element
+        aggregates = self._plan.aggregate([from_ipc(blob) for blob in sides["events"]])
+        pending, rows = [], 0
+        for blob in sides["snapshot"]:
+            piece = from_ipc(blob)
+            if pending and piece.schema != pending[0].schema:
+                yield from self._flush(pending, aggregates)
+                pending, rows = [], 0
+            pending.append(piece)
+            rows += piece.num_rows
+            if rows >= self._batch_size:
+                yield from self._flush(pending, aggregates)
+                pending, rows = [], 0
+        if pending:
+            yield from self._flush(pending, aggregates)
+
+    def _flush(self, pieces: List[pa.Table], aggregates):
+        table = pa.concat_tables(pieces).combine_chunks()
+        for batch in table.to_batches():
+            yield from self._export(batch, self._plan.lookup(aggregates, batch.column("profileId")))
 
 
 class ExportSnapshot(beam.PTransform):
-    """Snapshot files -> record-line blobs (``as_lines``, for ``WriteRecordFiles``) or
-    ``ExportRecord`` elements (for ``KinesisWrite``). ``events_by_profile`` (``read_events``,
-    read before the pipeline starts so a bad file is a one-line error) travels with the DoFn."""
+    """A snapshot glob (and an events glob for event rules) -> ``{"records": ExportRecordBatch
+    elements, "dead_letter": DeadLetter elements}``. Which sink follows is not its business:
+    both sinks take record batches.
 
-    def __init__(self, config: ExportConfig, paths: Sequence[str], selected: Sequence[str], as_of_ms: int,
-                 events_by_profile: Optional[Mapping[str, list]] = None, as_lines: bool = True,
-                 batch_size: int = 131072):
+    Attribute rules only: one fused step per row group (read with projected columns, evaluate,
+    format). With event rules and ``events``: the bucket join of ``transforms.event_join``.
+    The launcher lists each glob once and opens its first file (one-line errors before the job
+    starts); files and row groups are expanded by the workers."""
+
+    def __init__(self, config: ExportConfig, snapshot: str, selected: Sequence[str], as_of_ms: int,
+                 events: Optional[str] = None, batch_size: int = 131072, buckets: Optional[int] = None):
         super().__init__()
-        self._work = row_groups(paths)
-        self._fn = _ExportRowGroupFn(config, selected, as_of_ms, events_by_profile, as_lines, batch_size)
+        check_files(snapshot, "--snapshot")
+        self._config, self._snapshot, self._selected, self._as_of_ms = config, snapshot, list(selected), as_of_ms
+        self._batch_size = batch_size
+        audiences = AudienceSet.from_config(config)
+        self._events = events if events and any(r.uses_events for r in audiences.rules.values()) else None
+        self._columns = snapshot_columns(config, audiences)
+        if self._events:
+            check_files(self._events, "--events", parquet_only=False)
+            self._buckets = buckets or default_buckets(total_bytes(snapshot) + total_bytes(self._events))
 
     def expand(self, pbegin):
-        return (pbegin
-                | "RowGroups" >> beam.Create(self._work)
-                | "Spread" >> beam.Reshuffle()
-                | "EvaluateAndFormat" >> beam.ParDo(self._fn))
+        snapshot = pbegin | "SnapshotFiles" >> ReadParquetRowGroups(self._snapshot, "--snapshot")
+        work = snapshot["work"] | "SpreadRowGroups" >> beam.Reshuffle()
+        dead = [snapshot[DEAD_LETTER]]
+        args = (self._config, self._selected, self._as_of_ms, self._batch_size)
+        if self._events is None:
+            out = split_dead_letters(work | "EvaluateAndFormat" >> beam.ParDo(_ExportRowGroupFn(*args)), "records")
+            records = out["records"]
+            dead.append(out[DEAD_LETTER])
+        else:
+            events = pbegin | "EventContributions" >> EventContributions(
+                self._config, self._events, self._as_of_ms, self._buckets, self._batch_size)
+            pieces = split_dead_letters(work | "SnapshotPieces" >> beam.ParDo(_SnapshotPiecesFn(
+                self._columns, self._buckets, self._batch_size)), "pieces")
+            joined = ({"snapshot": pieces["pieces"], "events": events["pieces"]}
+                      | "JoinByBucket" >> beam.CoGroupByKey())
+            records = joined | "EvaluateAndFormat" >> beam.ParDo(_JoinBucketFn(*args))
+            dead += [events[DEAD_LETTER], pieces[DEAD_LETTER]]
+        return {"records": records, DEAD_LETTER: tuple(dead) | "DeadLetters" >> beam.Flatten()}

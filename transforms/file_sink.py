@@ -1,32 +1,34 @@
 """``--output PATH``: the export records as JSON lines ``{"partitionKey": ..., "data": {...}}``
 in ``PATH/records-*.jsonl`` (docs/semantics.md#command-lines), for dry runs.
 
-Lines are built by byte concatenation (the data is already compact JSON: no re-parse). Accepts
-``ExportRecord`` elements (streaming) and ``RecordLines`` blobs of whole lines (backfill
-batches). One file per bundle under a unique name, written under a temporary name and renamed
-when the bundle finishes, so it works unwindowed in streaming as in batch and a reader never
-sees a half-written file.
+One line builder for every path: ``record_lines`` concatenates escaped keys and data with
+pyarrow kernels (the data is already compact JSON: no re-parse). ``ExportRecordBatch``
+elements (backfill) go through it as they come; ``ExportRecord`` elements (streaming, replay)
+are buffered and go through it ``_FLUSH_RECORDS`` at a time and when the bundle finishes. One
+file per bundle under a unique name, written under a temporary name and renamed when the
+bundle finishes, so it works unwindowed in streaming as in batch and a reader never sees a
+half-written file.
 """
 from __future__ import annotations
 
-from json.encoder import encode_basestring
-from typing import NamedTuple
+from typing import Sequence
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.metrics import Metrics
 
+from transforms.arrow_text import concat, joined_bytes, json_escaped
 from transforms.dead_letter import BundleFileWriter
+from transforms.model import ExportRecordBatch
+
+_FLUSH_RECORDS = 1024
 
 
-class RecordLines(NamedTuple):
-    """Pre-joined record lines (a backfill batch) and how many."""
-    lines: bytes
-    count: int
-
-
-def record_line(partition_key: str, data: bytes) -> bytes:
-    """One line; the key escaped as the records are (``ensure_ascii=False``)."""
-    return b'{"partitionKey":' + encode_basestring(partition_key).encode() + b',"data":' + data + b"}\n"
+def record_lines(partition_keys: pa.Array, data_parts: Sequence[object]) -> bytes:
+    """The lines of records whose data is the concatenation of ``data_parts`` (string or
+    binary arrays and constants), keys escaped as the records are (``ensure_ascii=False``)."""
+    lines = concat('{"partitionKey":"', json_escaped(partition_keys), '","data":', *data_parts, "}\n")
+    return joined_bytes(lines)
 
 
 class _WriteRecordFilesFn(beam.DoFn):
@@ -36,21 +38,32 @@ class _WriteRecordFilesFn(beam.DoFn):
 
     def start_bundle(self):
         self._writer = BundleFileWriter(self._directory, "records")
+        self._keys, self._data = [], []
 
     def process(self, element):
-        if isinstance(element, RecordLines):
-            self._writer.write(element.lines)
-            self._written.inc(element.count)
-        else:
-            self._writer.write(record_line(element[0], element[1]))
-            self._written.inc()
+        if isinstance(element, ExportRecordBatch):
+            self._writer.write(record_lines(element.partition_keys, element.parts))
+            self._written.inc(element.size)
+            return
+        self._keys.append(element[0])
+        self._data.append(element[1])
+        if len(self._keys) >= _FLUSH_RECORDS:
+            self._flush()
+
+    def _flush(self):
+        if self._keys:
+            self._writer.write(record_lines(pa.array(self._keys, pa.string()),
+                                            [pa.array(self._data, pa.binary()).cast(pa.string())]))
+            self._written.inc(len(self._keys))
+            self._keys, self._data = [], []
 
     def finish_bundle(self):
+        self._flush()
         self._writer.close()
 
 
 class WriteRecordFiles(beam.PTransform):
-    """``ExportRecord`` elements or ``RecordLines`` blobs -> ``<directory>/records-*.jsonl``."""
+    """``ExportRecord`` or ``ExportRecordBatch`` elements -> ``<directory>/records-*.jsonl``."""
 
     def __init__(self, directory: str):
         super().__init__()

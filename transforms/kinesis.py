@@ -77,6 +77,7 @@ from transforms.alerts import raise_alert
 from transforms.config import AlertSettings, Destination, RetrySettings
 from transforms.dead_letter import BundleFileWriter
 from transforms.errors import UserError
+from transforms.model import ExportRecordBatch
 from transforms.timeutil import format_iso_ms, now_ms
 
 LOG = logging.getLogger(__name__)
@@ -762,6 +763,8 @@ class _KinesisWriteFn(beam.DoFn):
         self._dead_writer = BundleFileWriter(self._dead_dir, "records")
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        if isinstance(element, ExportRecordBatch):   # a backfill batch: its records one by one
+            return [out for record in element.records() for out in self.process(record, timestamp, window)]
         # a plain function, not a generator: most elements produce nothing, cheaply
         sender = self._sender
         context = (timestamp, window)

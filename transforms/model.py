@@ -54,3 +54,27 @@ class DeadLetter(NamedTuple):
     source: str           # file path (or stream/shard)
     position: Optional[str]  # "line 12" / "offset 4096" / "record 3"
     raw: str
+
+
+class ExportRecordBatch(NamedTuple):
+    """Records built together (a backfill batch, one merge policy): the partition keys (a
+    pyarrow string array) and the pieces whose concatenation is each record's data (string
+    arrays and constant strings). Every sink accepts them beside ``ExportRecord``: the file
+    sink builds its lines from the pieces in one pass, ``KinesisWrite`` takes ``records()``."""
+    policy_id: str
+    partition_keys: Any
+    parts: Tuple[Any, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.partition_keys)
+
+    def data(self):
+        """The records' data as a string array."""
+        from transforms.arrow_text import concat
+        return concat(*self.parts)
+
+    def records(self):
+        """As ``ExportRecord`` elements (no update time: a backfill's records are history)."""
+        return [ExportRecord(key, data.encode(), None)
+                for key, data in zip(self.partition_keys.to_pylist(), self.data().to_pylist())]

@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms.rules import (And, Compare, Events, InList, InSegment, IsNull, Lit, Not, Or, StringFn,
+from transforms.rules import (And, Compare, Events, InList, InSegment, IsNull, Lit, Not, Occurs, Or, StringFn,
                               as_ms, compile_node)
 
 BatchEvaluator = Callable[[pa.RecordBatch, int, Mapping[str, pa.BooleanArray],
-                           Optional[Mapping[str, Sequence[Mapping]]]], pa.BooleanArray]
+                           Optional[Mapping[Events, pa.Array]]], pa.BooleanArray]
 
 DAY_MS = 86_400_000
 _KERNELS = {"=": pc.equal, "!=": pc.not_equal, "<": pc.less, "<=": pc.less_equal,
@@ -50,12 +50,12 @@ def _is_number(t: pa.DataType) -> bool:
 class _Batch:
     """One batch being evaluated: its columns resolved once per path."""
 
-    def __init__(self, batch: pa.RecordBatch, now_ms: int, segments, events_by_profile):
+    def __init__(self, batch: pa.RecordBatch, now_ms: int, segments, event_aggregates):
         self.batch = batch
         self.n = batch.num_rows
         self.now = now_ms
         self.segments = segments
-        self.events = events_by_profile
+        self.events = event_aggregates
         self._paths: Dict[Tuple[str, ...], Optional[pa.Array]] = {}
 
     def column(self, path: Tuple[str, ...]) -> Optional[pa.Array]:
@@ -107,7 +107,7 @@ def _floor_div(values: pa.Array, d: int) -> pa.Array:
     return pc.subtract(q, pc.cast(inexact_negative, pa.int64()))
 
 
-def _timestamp_ms(arr: pa.Array) -> pa.Array:
+def timestamp_ms(arr: pa.Array) -> pa.Array:
     """Epoch ms (floored) of a timestamp array, whatever its unit and zone."""
     values = arr.view(pa.int64())
     per_ms = _PER_MS[arr.type.unit]
@@ -143,13 +143,13 @@ def _comparable(arr: Optional[pa.Array], lit: Lit, now_ms: int):
         if pa.types.is_date64(t):
             return _floor_div(arr.view(pa.int64()), DAY_MS), days
         if pa.types.is_timestamp(t):
-            return _floor_div(_timestamp_ms(arr), DAY_MS), days
+            return _floor_div(timestamp_ms(arr), DAY_MS), days
         return None
     # kind == "now": epoch ms
     if _is_number(t):
         return arr, now_ms
     if pa.types.is_timestamp(t):
-        return _timestamp_ms(arr), now_ms
+        return timestamp_ms(arr), now_ms
     if pa.types.is_date32(t):
         return pc.multiply(pc.cast(arr.view(pa.int32()), pa.int64()), DAY_MS), now_ms
     if pa.types.is_date64(t):
@@ -201,17 +201,37 @@ def _string_fn(ctx: _Batch, arr, node: StringFn, match) -> pa.BooleanArray:
 
 
 def _events(node: Events):
-    """Per-profile fallback: the rule's own closure, run for each profile that has events and
-    once for all that have none (event parts never read the view or other segments)."""
-    evaluate = compile_node(node)
+    """An event part from its per-profile aggregate (``event_aggregates[node]``: each row's
+    count of events meeting the condition, or their sum), computed from the events by
+    ``transforms.event_join``; rows without events (or no aggregates at all) get the rule's
+    result over no events."""
+    none = compile_node(node)(None, (), 0, {})
+    kernel = _KERNELS[node.op] if node.op else None
 
     def ev(ctx: _Batch) -> pa.BooleanArray:
-        none = evaluate(None, (), ctx.now, {})
-        if not ctx.events or "profileId" not in ctx.batch.schema.names:
+        agg = ctx.events.get(node) if ctx.events else None
+        if agg is None:
             return ctx.const(none)
-        get, now = ctx.events.get, ctx.now
-        return pa.array([none if (evs := get(pid)) is None else evaluate(None, evs, now, {})
-                         for pid in ctx.batch.column("profileId").to_pylist()], pa.bool_())
+        if node.agg == "exists":
+            return pc.fill_null(pc.greater(agg, 0), False)
+        return pc.fill_null(kernel(pc.fill_null(agg, 0), node.number.value), False)
+    return ev
+
+
+def _occurs(node: Occurs):
+    """``path occurs op N unit before now`` over an events batch (``timestamp`` in epoch ms)."""
+    w = node.window_ms
+
+    def ev(ctx: _Batch) -> pa.BooleanArray:
+        c = _comparable(ctx.column(node.path), Lit("now", None), ctx.now)
+        if c is None:
+            return ctx.const(False)
+        age = pc.subtract(ctx.now, c[0])
+        if node.op in ("<=", "<"):
+            within = pc.and_(pc.greater_equal(age, 0), (pc.less_equal if node.op == "<=" else pc.less)(age, w))
+        else:
+            within = _KERNELS[node.op](age, w)
+        return pc.fill_null(within, False)
     return ev
 
 
@@ -243,18 +263,21 @@ def _compile(node) -> Callable[[_Batch], pa.BooleanArray]:
         return lambda ctx: ctx.segments[aid] if aid in ctx.segments else ctx.const(False)
     if t is Events:
         return _events(node)
+    if t is Occurs:
+        return _occurs(node)
     raise TypeError(f"not a rule node: {node!r}")
 
 
 def compile_vectorized(node) -> BatchEvaluator:
-    """The batch evaluator of a rule AST: ``(batch, now_ms, segments, events_by_profile)``
+    """The batch evaluator of a rule AST: ``(batch, now_ms, segments, event_aggregates)``
     to one boolean per row; ``segments`` maps audience ids to their arrays for ``inSegment``,
-    ``events_by_profile`` maps profile ids to event lists (None: no profile has events)."""
+    ``event_aggregates`` maps the rule's ``Events`` nodes to per-row aggregates (None: no
+    profile has events). Also evaluates event conditions over a batch of events."""
     root = _compile(node)
 
     def evaluate(batch: pa.RecordBatch, now_ms: int, segments: Mapping[str, pa.BooleanArray] = None,
-                 events_by_profile: Optional[Mapping[str, Sequence[Mapping]]] = None) -> pa.BooleanArray:
-        return root(_Batch(batch, now_ms, segments or {}, events_by_profile))
+                 event_aggregates: Optional[Mapping[Events, pa.Array]] = None) -> pa.BooleanArray:
+        return root(_Batch(batch, now_ms, segments or {}, event_aggregates))
     return evaluate
 
 
