@@ -15,7 +15,7 @@ given):
    the backfill goes on.
 2. Contributions (profile id, time and one number per event part: a few dozen bytes per
    event) and the snapshot's rows (projected columns) are both split by a hash of
-   ``profileId`` into ``buckets`` and shipped as Arrow IPC blobs keyed by bucket;
+   ``profileId`` into ``buckets`` and shipped as (uncompressed) Arrow IPC blobs keyed by bucket;
    ``CoGroupByKey`` brings a bucket's two sides together. No keyed state: any batch runner.
 3. Per bucket, contributions are summed per profile (Arrow ``group_by``). Where a profile has
    more events than ``evaluation.max_events_per_profile``, only its newest ones count (sorted
@@ -55,7 +55,6 @@ from transforms.vectorized import compile_vectorized
 BUCKET_INPUT_BYTES = 32 << 20
 _MULTIPLIER = np.uint64(0xBF58476D1CE4E5B9)
 _ALL_ONES = np.uint64(2 ** 64 - 1)
-_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 
 
 def default_buckets(input_bytes: int) -> int:
@@ -95,9 +94,11 @@ def bucket_of(profile_ids: pa.Array, buckets: int) -> np.ndarray:
 
 
 def to_ipc(data) -> bytes:
-    """A record batch or table as an LZ4-compressed Arrow IPC stream (what crosses the shuffle)."""
+    """A record batch or table as an uncompressed Arrow IPC stream (what crosses the shuffle):
+    LZ4 took six times as long to write, for 18% fewer bytes of contributions and half of
+    snapshot rows, and a runner's shuffle may compress on its own."""
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, data.schema, options=_IPC_OPTIONS) as writer:
+    with pa.ipc.new_stream(sink, data.schema) as writer:
         writer.write(data)
     return sink.getvalue().to_pybytes()
 
@@ -111,7 +112,8 @@ def split_by_bucket(data: pa.RecordBatch, buckets: int) -> Iterator[Tuple[int, b
     if data.num_rows == 0:
         return
     of = bucket_of(data.column("profileId"), buckets)
-    order = np.argsort(of, kind="stable")
+    # small integers sort by radix: ten times faster than int64
+    order = np.argsort(of.astype(np.int16) if buckets <= 2 ** 15 else of, kind="stable")
     counts = np.bincount(of, minlength=buckets)
     grouped = data.take(pa.array(order))
     start = 0
