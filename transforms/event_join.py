@@ -163,11 +163,11 @@ class EventPlan:
         keep = pc.and_(good, pc.fill_null(pc.less_equal(times, self.as_of_ms), False))
         if self.oldest_ms is not None:
             keep = pc.and_(keep, pc.fill_null(pc.greater_equal(times, self.oldest_ms), False))
-        events = pa.RecordBatch.from_arrays(
-            [ids, times] + [batch.column(n) for n in batch.schema.names if n not in ("profileId", "timestamp")],
-            ["profileId", "timestamp"] + [n for n in batch.schema.names if n not in ("profileId", "timestamp")]
-        ).filter(keep)
-        columns = [events.column(0), events.column(1)]
+        others = [n for n in batch.schema.names if n not in ("profileId", "timestamp")]
+        events = pa.RecordBatch.from_arrays([ids, times] + [batch.column(n) for n in others],
+                                            ["profileId", "timestamp"] + others)
+        # conditions over every row, then the few output columns filtered (not the event's)
+        columns = [ids, times]
         for node, cond in zip(self.nodes, self._conds):
             hit = cond(events, self.as_of_ms) if cond is not None else pa.array(np.ones(events.num_rows, bool))
             if node.agg == "sum":
@@ -175,7 +175,7 @@ class EventPlan:
                 columns.append(pc.if_else(hit, values, 0.0))
             else:
                 columns.append(pc.cast(hit, pa.int8()))
-        return pa.Table.from_arrays(columns, schema=self.schema), dead
+        return pa.Table.from_arrays(columns, schema=self.schema).filter(keep), dead
 
     def contributions_of_rows(self, rows: Sequence[Tuple[str, dict]], source: str) -> Tuple[pa.Table, List[DeadLetter]]:
         """JSONL events, ``(position, object)`` each, through the per-profile closures."""
