@@ -54,7 +54,7 @@ from transforms.vectorized import compile_vectorized
 
 BUCKET_INPUT_BYTES = 32 << 20
 _MULTIPLIER = np.uint64(0xBF58476D1CE4E5B9)
-_ALL_ONES = np.uint64(2 ** 64 - 1)
+_WORD_MASKS = np.array([(1 << (8 * n)) - 1 for n in range(9)], np.uint64)   # the low n bytes of a word
 
 
 def default_buckets(input_bytes: int) -> int:
@@ -63,7 +63,7 @@ def default_buckets(input_bytes: int) -> int:
 
 
 def bucket_of(profile_ids: pa.Array, buckets: int) -> np.ndarray:
-    """A stable hash of each (non-null) id's UTF-8 bytes, modulo ``buckets``; the same on
+    """A stable hash of each (non-null) id's UTF-8 bytes, scaled to ``buckets``; the same on
     every worker and side. The bytes are read 8 at a time as little-endian words (an
     unaligned ``uint64`` view of the string data), each word mixed into the hash: a few
     vectorized passes over the ids rather than work per byte."""
@@ -81,16 +81,19 @@ def bucket_of(profile_ids: pa.Array, buckets: int) -> np.ndarray:
     h = lengths.astype(np.uint64) * _MULTIPLIER
     with np.errstate(over="ignore"):
         for k in range(0, int(lengths.max()), 8):
-            live = np.flatnonzero(lengths > k) if k else np.arange(n)
-            left = np.minimum(lengths[live] - k, 8).astype(np.uint64)
-            word = words[starts[live] + k]
-            word &= np.where(left >= 8, _ALL_ONES, (np.uint64(1) << (np.uint64(8) * (left % np.uint64(8)))) - np.uint64(1))
-            x = (h[live] ^ word) * _MULTIPLIER
-            h[live] = x ^ (x >> np.uint64(29))
+            if k:   # ids longer than k bytes (the first word of every id without indexing)
+                live = np.flatnonzero(lengths > k)
+                word = words[starts[live] + k] & _WORD_MASKS[np.minimum(lengths[live] - k, 8)]
+                x = (h[live] ^ word) * _MULTIPLIER
+                h[live] = x ^ (x >> np.uint64(29))
+            else:
+                x = (h ^ (words[starts] & _WORD_MASKS[np.minimum(lengths, 8)])) * _MULTIPLIER
+                h = x ^ (x >> np.uint64(29))
         h ^= h >> np.uint64(32)
         h *= _MULTIPLIER
         h ^= h >> np.uint64(29)
-    return (h % np.uint64(buckets)).astype(np.int64)
+        # the high 32 bits scaled to [0, buckets): a multiply instead of a 64-bit modulo
+        return ((h >> np.uint64(32)) * np.uint64(buckets) >> np.uint64(32)).astype(np.int64)
 
 
 def to_ipc(data) -> bytes:
