@@ -105,7 +105,8 @@ def serve(shards: int, delay_s: float, latency_log=None) -> ThreadingHTTPServer:
             pass
 
         def do_GET(self):
-            self._answer(json.dumps(dict(stream.stats, distinct_keys=len(stream.last_seq))).encode())
+            self._answer(json.dumps(dict(stream.stats, distinct_keys=len(stream.last_seq),
+                                          cpu_s=time.process_time())).encode())
 
         def do_POST(self):
             body = self.rfile.read(int(self.headers["Content-Length"]))

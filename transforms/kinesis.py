@@ -90,6 +90,7 @@ MIN_WINDOW = 10
 MIN_ROUND_TRIP_S = 0.001
 WINDOW_STEP = 10
 DEFAULT_MAX_IN_FLIGHT = 8
+THROTTLED_RECORD_TTL_S = 30.0  # as the KPL's RecordTtl: how long a throttled record keeps trying
 
 RETRYABLE_RECORD_ERRORS = frozenset({"ProvisionedThroughputExceededException", "InternalFailure"})
 # Request-level pushback. KMSThrottlingException is throttling, not a KMS configuration error.
@@ -101,6 +102,7 @@ CREDENTIAL_ERRORS = frozenset({"UnrecognizedClientException", "InvalidSignatureE
                                "SignatureDoesNotMatch", "MissingAuthenticationToken", "NoCredentials"})
 RECORD_TOO_LARGE = "RecordTooLarge"
 _TARGET = "Kinesis_20131202.PutRecords"
+_THROTTLED = "ProvisionedThroughputExceededException"
 
 
 class KinesisSetupError(UserError):
@@ -351,16 +353,17 @@ class RecordSender:
     flight, waiting for a retry or in ``_ready``), in ``_ready`` (its turn: sent before any
     queued record), in the retry heap, or in a request. Each moves in O(1): a partial failure
     does not rebuild the queue. Attempts and attempt times are kept aside, in ``_tries``, only
-    for records that failed before (``id`` -> [attempts, first ms, last ms])."""
+    for records that failed before (``id`` -> [attempts, first ms, last ms, throttled sends])."""
 
     def __init__(self, put_records: Callable[[Sequence[Tuple]], Tuple[int, bytes]],
                  retry: RetrySettings = RetrySettings(), max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
                  max_record_bytes: int = MAX_RECORD_BYTES, max_delay_s: Optional[float] = None,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 throttled_ttl_s: float = THROTTLED_RECORD_TTL_S, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
                  rand: Callable[[], float] = random.random):
         self.put_records = put_records
         self.retry, self.clock, self.sleep, self.rand = retry, clock, sleep, rand
         self.max_in_flight, self.max_record_bytes, self.max_delay_s = max_in_flight, max_record_bytes, max_delay_s
+        self.throttled_ttl_s = throttled_ttl_s
         self.request_bytes = MAX_REQUEST_BYTES if max_record_bytes <= MAX_RECORD_BYTES else LARGE_RECORD_REQUEST_BYTES
         self.max_window = max_in_flight * MAX_RECORDS_PER_REQUEST
         self.window = float(MAX_RECORDS_PER_REQUEST)  # records per round trip (AIMD)
@@ -594,7 +597,7 @@ class RecordSender:
             code, message = response_error(status, body)
             throttled = code in THROTTLING_ERRORS
             if throttled or status >= 500:
-                self._retry_or_dead(batch, code, message, started)
+                self._retry_or_dead(batch, code, message, started, throttled)
                 if throttled:
                     self._throttled(epoch)
             else:
@@ -624,9 +627,9 @@ class RecordSender:
                 self._dead((record,), code, result.get("ErrorMessage") or "", started, rejected=True)
         self._delivered(delivered, acked)
         for code, (records, message) in again.items():
-            self._retry_or_dead(records, code, message, started)
-        if "ProvisionedThroughputExceededException" in again:
-            self._throttled(epoch, len(again["ProvisionedThroughputExceededException"][0]) / len(batch))
+            self._retry_or_dead(records, code, message, started, code == _THROTTLED)
+        if _THROTTLED in again:
+            self._throttled(epoch, len(again[_THROTTLED][0]) / len(batch))
 
     def _grow(self, accepted: int) -> None:
         """Additive increase: ``WINDOW_STEP`` more per round trip (a window's worth
@@ -635,15 +638,19 @@ class RecordSender:
         step = accepted if self._slow_start else WINDOW_STEP * accepted / self.window
         self.window = min(self.max_window, self.window + step)
 
-    def _throttled(self, epoch: int, fraction: float = 0.0) -> None:
+    def _throttled(self, epoch: int, fraction: Optional[float] = None) -> None:
         """Multiplicative decrease, once per round trip (replies to requests sent before the
-        last cut do not cut again): by half, or to the share of the request that was accepted
-        when that is less (a slow start that overshot far), but at most to a quarter."""
+        last cut do not cut again). A request refused whole halves the window; records throttled
+        in an accepted request cut it by their share (what the stream took of a request is
+        what it takes: 5 % over its shards' rate throttles about 5 % of the records, as DCTCP
+        cuts by the share of marked packets), at most to a quarter. Halving on a few throttled
+        records would leave a stream of many shards half used for hundreds of round trips."""
         self._report.throttled += 1
         if epoch == self._epoch:
             self._epoch += 1
             self._slow_start = False
-            self.window = max(MIN_WINDOW, self.window * max(0.25, min(0.5, 1.0 - fraction)))
+            cut = 0.5 if fraction is None else max(0.25, 1.0 - fraction)
+            self.window = max(MIN_WINDOW, self.window * cut)
 
     def _finished(self, records) -> None:
         busy, ready = self._busy, self._ready
@@ -665,16 +672,25 @@ class RecordSender:
                 self._tries.pop(id(r), None)
         self._finished(records)
 
-    def _retry_or_dead(self, records, code: str, message: str, started: int) -> None:
+    def _retry_or_dead(self, records, code: str, message: str, started: int, throttled: bool = False) -> None:
         """Records that may be sent again wait a backoff with full jitter, one draw per reply:
-        what failed together is due together, and goes out again in one request."""
+        what failed together is due together, and goes out again in one request.
+
+        A throttled send does not count against ``retry.max_retries``: throttling is the
+        stream's normal pushback, which the window answers by sending less (a slow start that
+        overshoots throttles a good share of a request several round trips in a row). As the
+        KPL does, a throttled record keeps trying until ``throttled_ttl_s`` after its first
+        send, then it is dead-lettered; other failures count as before."""
         again, spent, tries, retry = [], [], self._tries, self.retry
         attempts = 0
+        expired = now_ms() - self.throttled_ttl_s * 1000.0
         for r in records:
             t = tries.get(id(r))
             if t is None:
-                t = tries[id(r)] = [1, started, started]
-            if t[0] > retry.max_retries:
+                t = tries[id(r)] = [1, started, started, 0]
+            if throttled:
+                t[3] += 1
+            if (t[1] <= expired) if throttled else (t[0] - t[3] > retry.max_retries):
                 spent.append(r)
             else:
                 again.append(r)
@@ -690,7 +706,7 @@ class RecordSender:
     def _dead(self, records, code: str, message: str, started: int, rejected: bool = False) -> None:
         dead = self._report.dead
         for r in records:
-            attempts, first, last = self._tries.pop(id(r), None) or (1, started, started)
+            attempts, first, last, _ = self._tries.pop(id(r), None) or (1, started, started, 0)
             dead.append((FailedRecord(r[0], r[1], code, message, attempts, first, last), r[4]))
         if rejected:
             self._report.rejected += len(records)
