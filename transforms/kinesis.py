@@ -371,6 +371,7 @@ class RecordSender:
         self._tokens, self._tokens_at = float(MAX_RECORDS_PER_REQUEST), 0.0
         self._token_wait: Optional[float] = None
         self._slow_start = True  # until the first throttling: grow by what was accepted
+        self._peak = self.window  # the window when it was last cut
         self._epoch = 0  # how often the window was cut
         self.held = self.held_bytes = 0  # records added and not yet delivered or dead-lettered
         self._queue: Deque[Tuple] = collections.deque()
@@ -632,11 +633,20 @@ class RecordSender:
             self._throttled(epoch, len(again[_THROTTLED][0]) / len(batch))
 
     def _grow(self, accepted: int) -> None:
-        """Additive increase: ``WINDOW_STEP`` more per round trip (a window's worth
-        of accepted records); before the first throttling, by what was accepted (doubling per
-        round trip, as TCP's slow start)."""
-        step = accepted if self._slow_start else WINDOW_STEP * accepted / self.window
-        self.window = min(self.max_window, self.window + step)
+        """Increase per round trip (a window's worth of accepted records), as BIC-TCP: below
+        the window of the last cut, by half the distance to it (a binary search for the rate
+        the stream took); above it, by the distance from it (probing, doubling from
+        ``WINDOW_STEP``), at least ``WINDOW_STEP``. Before the first throttling, by what was
+        accepted (doubling, as TCP's slow start). A stream of 64 shards needs a window of
+        thousands of records: growing by a constant step would take hundreds of round trips
+        to get back to it after one cut."""
+        window = self.window
+        if self._slow_start:
+            step = accepted
+        else:
+            gap = self._peak - window
+            step = max(WINDOW_STEP, gap / 2 if gap > 0 else -gap) * accepted / window
+        self.window = min(self.max_window, window + step)
 
     def _throttled(self, epoch: int, fraction: Optional[float] = None) -> None:
         """Multiplicative decrease, once per round trip (replies to requests sent before the
@@ -650,6 +660,7 @@ class RecordSender:
             self._epoch += 1
             self._slow_start = False
             cut = 0.5 if fraction is None else max(0.25, 1.0 - fraction)
+            self._peak = self.window
             self.window = max(MIN_WINDOW, self.window * cut)
 
     def _finished(self, records) -> None:
@@ -680,9 +691,11 @@ class RecordSender:
         stream's normal pushback, which the window answers by sending less (a slow start that
         overshoots throttles a good share of a request several round trips in a row). As the
         KPL does, a throttled record keeps trying until ``throttled_ttl_s`` after its first
-        send, then it is dead-lettered; other failures count as before."""
+        send, then it is dead-lettered; other failures count as before. Throttled sends don't
+        double the backoff either (the window already slows the sender down): a record
+        throttled at the end of a bundle is not kept waiting for seconds."""
         again, spent, tries, retry = [], [], self._tries, self.retry
-        attempts = 0
+        attempts = 1  # the backoff doubles per failure that counts, not per throttled send
         expired = now_ms() - self.throttled_ttl_s * 1000.0
         for r in records:
             t = tries.get(id(r))
@@ -694,7 +707,7 @@ class RecordSender:
                 spent.append(r)
             else:
                 again.append(r)
-                attempts = max(attempts, t[0])
+                attempts = max(attempts, t[0] - t[3])
         if again:
             cap = min(retry.max_delay_ms, retry.base_delay_ms * (2 ** (attempts - 1)))
             self._retry_seq += 1
