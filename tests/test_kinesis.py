@@ -277,7 +277,7 @@ def test_throttling_halves_the_window_and_paces_full_requests():
     """Each request takes a 30 ms round trip; the first is throttled. Requests stay full (500
     records) and go out at the window's pace: 500 x 30 ms / window apart. The window climbs
     back to where it was cut by half the distance per round trip (a 500-record reply at a
-    window of 250 is two round trips' worth), then probes beyond by 10, 10, 20..."""
+    window of 250 is two round trips' worth), then probes beyond by 10 a round trip."""
     clock, fake, seen = Clock(), FakeKinesis([("status", 400, "ProvisionedThroughputExceededException")]), []
 
     def round_trip(url, headers, body):
@@ -315,9 +315,9 @@ def test_per_record_throttling_cuts_the_window():
     (1000, 3000, 1000, 2000),     # a round trip's worth, below the last cut: half the distance
     (1000, 3000, 500, 1500),      # half a round trip's worth: half that
     (2995, 3000, 2995, 3005),     # close to it: at least WINDOW_STEP
-    (3000, 3000, 3000, 3010),
-    (3100, 3000, 3100, 3200),     # beyond it: by the distance (probing, doubling)
-    (3990, 3000, 3990, 4000),     # at most max_window
+    (3000, 3000, 3000, 3010),     # beyond it: by WINDOW_STEP
+    (3100, 3000, 3100, 3110),
+    (3995, 3000, 3995, 4000),     # at most max_window
 ])
 def test_window_grows_back_to_the_last_cut_then_probes(window, peak, accepted, grown):
     sender = fake_sender(FakeKinesis(), max_in_flight=8)
@@ -332,6 +332,11 @@ def test_slow_start_doubles_until_the_first_throttling():
     assert sender.window == 1000
     sender._throttled(epoch=0, fraction=0.1)
     assert (sender.window, sender._peak, sender._slow_start) == (900, 1000, False)
+    sender._throttled(epoch=1, fraction=0.5)     # cut again before a reply was accepted whole
+    assert (sender.window, sender._peak) == (450, 1000)
+    sender._grow(450)
+    sender._throttled(epoch=2, fraction=0.5)     # a new run of cuts begins where it grew to
+    assert (sender.window, sender._peak) == (725 / 2, 725)
 
 
 def test_throttled_replies_cut_once_per_round_trip():
