@@ -16,7 +16,11 @@ don't all do:
   ``RecordTooLarge``, never sent;
 - retries only what may succeed later: per-record ``ProvisionedThroughputExceededException``
   and ``InternalFailure``, throttled and 5xx requests and connection errors, with exponential
-  backoff and full jitter, at most ``retry.max_retries`` times (2: three sends). Configuration
+  backoff and full jitter, at most ``retry.max_retries`` times (2: three sends). Throttling is
+  the exception: it is the stream's normal pushback, answered by sending less, so a throttled
+  send neither counts against ``max_retries`` nor doubles the backoff; as the KPL's
+  ``RecordTtl``, a record throttled for ``THROTTLED_RECORD_TTL_S`` (30 s) after its first send
+  is dead-lettered (a slow start that overshoots used to dead-letter records). Configuration
   errors (ResourceNotFound, AccessDenied, InvalidArgument, KMS, bad or missing credentials) are
   not retried: their records go to the dead letter with an ALERT, and the job goes on;
 - several requests in flight (``max_in_flight``, default 8), so one instance fills a stream of
@@ -24,13 +28,17 @@ don't all do:
   is kept, retries included: a key has at most one record in flight or waiting for a retry, and
   its next record is only released once that one is acknowledged or dead-lettered (PutRecords
   itself does not order the records of one request when some of them fail);
-- adapts (AIMD): requests are paced at a window of records per measured round trip, so a slow
+- adapts: requests are paced at a window of records per measured round trip, so a slow
   stream gets full requests further apart rather than small ones every round trip (a request's
-  cost is mostly per request). The window halves when the stream throttles (at most once per
-  round trip: replies to requests sent before the last cut don't cut again; down to the accepted
-  share of a request when most of it was throttled) and grows by ``WINDOW_STEP`` records per
-  round trip while requests are accepted whole; from one full request it doubles per round trip
-  until the first throttling, like TCP's slow start;
+  cost is mostly per request). From one full request the window doubles per round trip until
+  the first throttling (TCP's slow start). Then, at most once per round trip (replies to
+  requests sent before the last cut don't cut again), a request refused whole halves it and
+  records throttled in a request cut it by their share (as DCTCP), at most to a quarter and no
+  lower than 0.9 of what the stream took per round trip lately; while requests are accepted
+  whole it climbs back by half the distance to where the cuts began (capped at 1.25 of what the
+  stream took) per round trip, then by ``WINDOW_STEP`` (BIC-TCP's binary search). A stream of
+  64 shards needs a window of thousands of records: halving on a few throttled records and
+  growing by a constant step left it half used for hundreds of round trips;
 - bounded memory: past ``max_buffered_records`` / ``max_buffered_bytes`` held (queued, waiting
   for a retry or in flight), ``process`` waits for replies. Requests go out as soon as a full
   one is ready, once the oldest queued record is ``max_delay_ms`` old (checked on each element,
@@ -373,6 +381,7 @@ class RecordSender:
         self._srtt: Optional[float] = None  # smoothed round trip (s); no pacing before the first reply
         self._tokens, self._tokens_at = float(MAX_RECORDS_PER_REQUEST), 0.0
         self._token_wait: Optional[float] = None
+        self._paced_until = 0.0
         self._slow_start = True  # until the first throttling: grow by what was accepted
         self._peak = self.window  # the window where the last run of cuts began
         self._cutting = False  # cut since the last reply accepted whole
@@ -419,10 +428,11 @@ class RecordSender:
             self._collect(block=False)
         if self._retries:
             self._release_due()
+        now = self.clock()
         late = (self.max_delay_s is not None and self._queued_since is not None
-                and self.clock() - self._queued_since >= self.max_delay_s)
-        if force or late or self._ready or len(self._queue) >= MAX_RECORDS_PER_REQUEST \
-                or self._queued_bytes >= self.request_bytes:
+                and now - self._queued_since >= self.max_delay_s)
+        if (force or late or self._ready or len(self._queue) >= MAX_RECORDS_PER_REQUEST
+                or self._queued_bytes >= self.request_bytes) and (force or now >= self._paced_until):
             self._submit(force or late, late)
         while ((max_held is not None and self.held > max_held)
                or (max_held_bytes is not None and self.held_bytes > max_held_bytes)):
@@ -469,6 +479,7 @@ class RecordSender:
                 need = min(want, max(int(self.window), MIN_WINDOW)) if late else want
                 if self._tokens < need - 0.5:  # (half a record: float rounding)
                     self._token_wait = max((need - self._tokens) / rate, 0.0005)
+                    self._paced_until = now + self._token_wait  # elements until then don't try again
                     return
                 want = min(want, max(need, int(self._tokens + 0.5)))
             batch = self._take(want)
@@ -677,16 +688,20 @@ class RecordSender:
         last cut do not cut again). A request refused whole halves the window; records throttled
         in an accepted request cut it by their share (what the stream took of a request is
         what it takes: 5 % over its shards' rate throttles about 5 % of the records, as DCTCP
-        cuts by the share of marked packets), at most to a quarter. Halving on a few throttled
-        records would leave a stream of many shards half used for hundreds of round trips."""
+        cuts by the share of marked packets), at most to a quarter, and no lower than 0.9 of
+        the stream's delivery per round trip. Halving on a few throttled records would leave a
+        stream of many shards half used for hundreds of round trips. The first cut of a run
+        notes where it began (``_peak``, the target of ``_grow``), at most 1.25 of that
+        delivery: a stream's one-second burst lets the window overshoot far before it throttles."""
         self._report.throttled += 1
         if epoch == self._epoch:
             self._epoch += 1
             self._slow_start = False
             cut = 0.5 if fraction is None else max(0.25, 1.0 - fraction)
+            delivery = self._delivery_window()
             if not self._cutting:  # the first cut since a reply was accepted whole
-                self._peak, self._cutting = self.window, True
-            self.window = max(MIN_WINDOW, self.window * cut, self._delivery_window())
+                self._peak, self._cutting = min(self.window, 1.25 * delivery or self.window), True
+            self.window = max(MIN_WINDOW, self.window * cut, 0.9 * delivery)
 
     def _delivery_window(self) -> float:
         """What the stream took per round trip lately (0 when not measured over at least half
@@ -699,7 +714,7 @@ class RecordSender:
         span = acks[-1][0] - acks[0][0]
         if span < RATE_SPAN_RTTS * self._srtt / 2:
             return 0.0
-        return 0.9 * self._acked / span * self._srtt
+        return self._acked / span * self._srtt
 
     def _finished(self, records) -> None:
         busy, ready = self._busy, self._ready
