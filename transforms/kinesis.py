@@ -714,7 +714,7 @@ class RecordSender:
         span = acks[-1][0] - acks[0][0]
         if span < RATE_SPAN_RTTS * self._srtt / 2:
             return 0.0
-        return self._acked / span * self._srtt
+        return (self._acked - acks[0][1]) / span * self._srtt  # what came in after the first reply
 
     def _finished(self, records) -> None:
         busy, ready = self._busy, self._ready
