@@ -314,7 +314,8 @@ def test_per_record_throttling_cuts_the_window():
 @pytest.mark.parametrize("window,peak,accepted,grown", [
     (1000, 3000, 1000, 2000),     # a round trip's worth, below the last cut: half the distance
     (1000, 3000, 500, 1500),      # half a round trip's worth: half that
-    (2995, 3000, 2995, 3005),     # close to it: at least WINDOW_STEP
+    (2995, 3000, 2995, 3000),     # close to it: at least WINDOW_STEP, but not past it
+    (100, 3000, 500, 3000),       # a reply of five round trips' worth: up to it, not past it
     (3000, 3000, 3000, 3010),     # beyond it: by WINDOW_STEP
     (3100, 3000, 3100, 3110),
     (3995, 3000, 3995, 4000),     # at most max_window

@@ -678,10 +678,12 @@ class RecordSender:
         self._cutting = False
         window = self.window
         if self._slow_start:
-            step = accepted
+            grown = window + accepted
+        elif window < self._peak:  # not past it: a request larger than the window is several round trips' worth
+            grown = min(self._peak, window + max(WINDOW_STEP, (self._peak - window) / 2) * accepted / window)
         else:
-            step = max(WINDOW_STEP, (self._peak - window) / 2) * accepted / window
-        self.window = min(self.max_window, window + step)
+            grown = window + WINDOW_STEP * accepted / window
+        self.window = min(self.max_window, grown)
 
     def _throttled(self, epoch: int, fraction: Optional[float] = None) -> None:
         """Multiplicative decrease, once per round trip (replies to requests sent before the
