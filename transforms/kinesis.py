@@ -369,7 +369,8 @@ class RecordSender:
     def __init__(self, put_records: Callable[[Sequence[Tuple]], Tuple[int, bytes]],
                  retry: RetrySettings = RetrySettings(), max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
                  max_record_bytes: int = MAX_RECORD_BYTES, max_delay_s: Optional[float] = None,
-                 throttled_ttl_s: float = THROTTLED_RECORD_TTL_S, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 throttled_ttl_s: float = THROTTLED_RECORD_TTL_S, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep,
                  rand: Callable[[], float] = random.random):
         self.put_records = put_records
         self.retry, self.clock, self.sleep, self.rand = retry, clock, sleep, rand
@@ -623,8 +624,8 @@ class RecordSender:
             return
         acked = now_ms()
         if _ALL_DELIVERED.match(body) and body.count(b'"SequenceNumber"') == len(batch):
-            # the usual answer, read without parsing its 500 results (a third of the client's
-            # CPU per record at 64 shards went to json.loads of replies)
+            # the usual answer, read without parsing its results (json.loads of 500 of them
+            # costs ~0.13 ms in the caller's thread, which does all the bookkeeping)
             self._delivered(batch, acked)
             self._accepted(now, len(batch))
             self._grow(len(batch))
@@ -679,7 +680,7 @@ class RecordSender:
         window = self.window
         if self._slow_start:
             grown = window + accepted
-        elif window < self._peak:  # not past it: a request larger than the window is several round trips' worth
+        elif window < self._peak:  # not past it (a request larger than the window is several round trips)
             grown = min(self._peak, window + max(WINDOW_STEP, (self._peak - window) / 2) * accepted / window)
         else:
             grown = window + WINDOW_STEP * accepted / window
