@@ -16,6 +16,7 @@ import os
 import sys
 import tempfile
 import time
+from typing import Optional
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -60,7 +61,7 @@ def percentile(values, q):
     return values[min(len(values) - 1, int(len(values) * q))] if values else None
 
 
-def run(rate: float, seconds: float, bundle: int = 50) -> dict:
+def run(rate: float, seconds: float, bundle: Optional[int] = None) -> dict:
     from transforms.export import ExportProfileChanges
     from transforms.kinesis import KinesisWrite
     log = tempfile.NamedTemporaryFile(suffix=".log", delete=False).name
@@ -68,6 +69,9 @@ def run(rate: float, seconds: float, bundle: int = 50) -> dict:
         with shard_endpoint(SHARDS, latency_log=log) as url:
             cfg = config(url)
             n = int(rate * seconds)
+            # a tenth of a second of updates per bundle, as a source's poll delivers them: the DirectRunner
+            # pays a lot per bundle (it scans every key's state for due timers once per bundle)
+            bundle = bundle or max(50, int(rate / 10))
             stream = TestStream()
             for start in range(0, n, bundle):
                 stream = stream.add_elements(list(range(start, min(n, start + bundle))))

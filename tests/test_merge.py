@@ -13,8 +13,8 @@ def views(writes_in_arrival_order, configs=(TS, CRM_FIRST)):
     policies = MergePolicies(configs)
     state = ProfileState()
     for seq, (ts, dataset, attributes) in enumerate(writes_in_arrival_order, 1):
-        policies.record(state, attribute_leaves(attributes), dataset, ts, seq)
-    return policies.views(state)
+        policies.record(state.view, state.stamps, state.datasets, attribute_leaves(attributes), dataset, ts, seq)
+    return state.views(policies)
 
 
 def name(first):
@@ -77,10 +77,10 @@ def test_policies(writes, ts_view, crm_view):
 
 def test_only_what_the_policies_in_use_need():
     state = ProfileState()
-    MergePolicies([TS]).record(state, [("person.name.firstName", "A"), ("x", None)], "crm", 1, 1)
+    MergePolicies([TS]).record(state.view, state.stamps, state.datasets, [("person.name.firstName", "A"), ("x", None)], "crm", 1, 1)
     assert (state.view, state.stamps, state.datasets) == (name("A"), {"person.name.firstName": 1, "x": 1}, {})
     state = ProfileState()
-    MergePolicies([CRM_FIRST]).record(state, [("x", 1)], "web", 2, 1)
+    MergePolicies([CRM_FIRST]).record(state.view, state.stamps, state.datasets, [("x", 1)], "web", 2, 1)
     assert (state.view, state.stamps, state.datasets) == ({}, {}, {None: {"x": (2, 1, 1)}})
 
 
@@ -95,7 +95,7 @@ def test_only_what_the_policies_in_use_need():
 def test_record_reports_view_changes(writes, changed):
     policies = MergePolicies([TS])
     state = ProfileState()
-    results = [policies.record(state, [("a.b", v)], None, ts, seq) for seq, (ts, v) in enumerate(writes)]
+    results = [policies.record(state.view, state.stamps, state.datasets, [("a.b", v)], None, ts, seq) for seq, (ts, v) in enumerate(writes)]
     assert results[-1] is changed
 
 

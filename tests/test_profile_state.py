@@ -67,7 +67,7 @@ def test_attribute_writes(earlier, update, writes, changed, unchanged, views):
     assert got_writes == writes
     assert changed <= set(got_changed) and not unchanged & set(got_changed)
     assert (identities_changed, event_kept) == (False, False)
-    assert POLICIES.views(state) == views
+    assert state.views(POLICIES) == views
 
 
 IDENTITY_CASES = [

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Collection, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
+from typing import Collection, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
 
 from transforms.config import AudienceDefinition, ExportConfig, UploadSource
 from transforms.errors import io_reason
+from transforms.export_decision import PathMatcher
 from transforms.rules import AudienceRule, RuleError, compile_rule
 from transforms.vectorized import identity_membership
 
@@ -105,6 +106,16 @@ class AudienceSet:
         self.timed = self.event_retention_ms != 0 or bool(self.expiries)
         self._upload_values = None   # the upload sets as pyarrow arrays, built by the first batch
         self._plan = None            # per-profile evaluation plan, built on first use
+        # what can change an audience's result, for evaluating only the audiences whose inputs
+        # changed (each set holds the audiences naming it in ``inSegment`` too): a written path
+        # its rule reads, the event history or time (window changes, upload expiries), the
+        # identity map (uploads)
+        self._readers = {aid: PathMatcher(rule.view_paths) for aid, rule in self.rules.items() if rule.view_paths}
+        self._path_readers: Dict[str, FrozenSet[str]] = {}
+        self.time_readers = self._with_dependents(
+            {aid for aid, rule in self.rules.items() if rule.uses_events} | set(self.expiries))
+        self.identity_readers = self._with_dependents(
+            {a.id for a in self.ordered if a.id not in self.rules and a.upload})
 
     @classmethod
     def from_config(cls, config: ExportConfig) -> "AudienceSet":
@@ -131,12 +142,41 @@ class AudienceSet:
             for a in self.ordered)
         return self._plan
 
+    def _with_dependents(self, ids) -> FrozenSet[str]:
+        """``ids`` and every audience whose rule names one of them in ``inSegment``, transitively
+        (evaluation order puts an audience after those it names)."""
+        found = set(ids)
+        for a in self.ordered:
+            if a.id in self.rules and self.rules[a.id].segment_refs & found:
+                found.add(a.id)
+        return frozenset(found)
+
+    def path_readers(self, paths: Iterable[str]) -> FrozenSet[str]:
+        """The audiences a write at these dotted paths can change (at, under or above a path
+        their rules read)."""
+        found: FrozenSet[str] = frozenset()
+        memo = self._path_readers
+        for path in paths:
+            readers = memo.get(path)
+            if readers is None:
+                readers = self._with_dependents({aid for aid, m in self._readers.items() if m.matches(path)})
+                if len(memo) < PathMatcher.MEMO:
+                    memo[path] = readers
+            if readers:
+                found = found | readers
+        return found
+
     def evaluate(self, views: Mapping[str, Mapping], identities: Mapping[str, Sequence[str]],
-                 events: Sequence[Mapping], now_ms: int) -> FrozenSet[str]:
-        """The ids of the audiences the profile is realized in, each on its own policy's view."""
+                 events: Sequence[Mapping], now_ms: int, dirty: Optional[Collection[str]] = None,
+                 members: Collection[str] = ()) -> FrozenSet[str]:
+        """The ids of the audiences the profile is realized in, each on its own policy's view.
+        ``dirty``: the audiences to evaluate (None: all); the others keep their result, being in
+        ``members`` or not."""
         seg: Dict[str, bool] = {}
         for aid, policy, rule, upload in self._plan or self._evaluation_plan():
-            if rule is not None:
+            if dirty is not None and aid not in dirty:
+                seg[aid] = aid in members
+            elif rule is not None:
                 seg[aid] = rule(views.get(policy, _EMPTY), events, now_ms, seg)
             elif upload is not None:
                 seg[aid] = (not upload[1].isdisjoint(identities.get(upload[0], ()))

@@ -36,17 +36,17 @@ Event time, per profile:
   watermark for timers, so records of timers that fire only at that +inf are late for a
   downstream GroupByKey there; Dataflow and Flink hold the watermark.)
 
-Seeding: ``seed`` (``PCollection[SnapshotProfile]``) is a side input, ``AsDict`` by profile id,
-consulted when a key has no state yet, so a seed always takes effect before the profile's first
-update, in batch and streaming alike. Trade-off: the DirectRunner holds the whole seed in memory;
-Dataflow and Flink look large side inputs up per key from their materialization.
+Seeding: ``seed`` (``PCollection[SnapshotProfile]``) is a side input, ``AsMultiMap`` by profile
+id (the newest row of a profile wins), consulted when a key has no state yet, so a seed always
+takes effect before the profile's first update, in batch and streaming alike. Portable runners
+(Dataflow, Flink) look a multimap side input up per key from its materialization; the
+DirectRunner holds the whole seed in memory.
 """
 from __future__ import annotations
 
 import collections
 import operator
-import threading
-from typing import Any, FrozenSet, Iterator, List, Optional, Tuple
+from typing import Any, FrozenSet, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.coders import coders
@@ -58,7 +58,8 @@ from apache_beam.utils.timestamp import Timestamp
 from transforms import profile_state, progress
 from transforms.audiences import AudienceSet, compile_consent
 from transforms.config import ExportConfig
-from transforms.export_decision import EXITED, ExportDecider, ExportPlan, PathMatcher
+from transforms.export_decision import (ATTRIBUTE, AUDIENCE, CONSENT, EXITED, EXPIRY, IDENTITY, ExportDecider,
+                                        ExportPlan, PathMatcher)
 from transforms.merge import MergePolicies
 from transforms.model import ExportRecord, ProfileUpdate, SnapshotProfile
 from transforms.profile_state import ProfileState
@@ -70,31 +71,15 @@ STATE_BYTES_SAMPLE = 16  # the state-bytes metric encodes one state write in 16 
 class ProfileStateCoder(coders.Coder):
     """``ProfileState`` as compact bytes (see ``profile_state.encode``).
 
-    The DirectRunner decodes state on every read; so the coder remembers the last states it
-    encoded by their bytes, and a read of those bytes returns the object itself instead of
-    decoding it again. An entry is taken out by its read (the reader goes on to change the
-    object), so stale bytes (a retried bundle) always decode afresh; at most
-    ``RECENT_STATES`` entries are kept."""
-
-    RECENT_STATES = 20_000
-
-    def __init__(self):
-        self._recent: dict = {}
-        self._lock = threading.Lock()
+    Every read decodes afresh. (Keeping recently written states to hand back on their next read
+    saved the decode but kept thousands of live objects per worker: the garbage collector's
+    passes over them cost more than the decodes, ~10% of the export's CPU.)"""
 
     def encode(self, value: ProfileState) -> bytes:
-        data = profile_state.encode(value)
-        with self._lock:
-            recent = self._recent
-            recent[data] = value
-            if len(recent) > self.RECENT_STATES:
-                del recent[next(iter(recent))]
-        return data
+        return profile_state.encode(value)
 
     def decode(self, encoded: bytes) -> ProfileState:
-        with self._lock:
-            state = self._recent.pop(encoded, None)
-        return profile_state.decode(encoded) if state is None else state
+        return profile_state.decode(encoded)
 
     def is_deterministic(self) -> bool:
         return False
@@ -117,20 +102,25 @@ _SNAPSHOT_TIME = operator.attrgetter("timestamp_ms")
 _NO_SEGMENTS: dict = {}
 _NO_ATTRIBUTES: dict = {}
 _NO_POLICIES: FrozenSet[str] = frozenset()
+_NO_AUDIENCES: FrozenSet[str] = frozenset()
+_EXPORTS_BY_TRIGGER = {kind: "exports_" + kind for kind in (AUDIENCE, IDENTITY, ATTRIBUTE, CONSENT, EXPIRY)}
 
 
 class ProfileExporter:
     """Per-profile processing without Beam: one update or time instant in, records out.
 
-    Memberships are re-evaluated only when an input of some rule may have changed: a write that
-    changed the value at, under or above an attribute path a rule reads (``view_paths``), an
-    event (when rules read events), the identity map (when upload audiences read it), a
-    time-window change due by the update's time, a rule reading ``now`` outside windows, or a
-    profile never evaluated (a fresh seed). Any other change leaves every rule's result as it
-    was: the profile's evaluation time still moves on as if it had been evaluated, and the
-    update can still export through a mapped attribute write or an identity change. (Past
-    ``until_ms`` time-window changes and upload expiries are not timed, so there a profile with
-    events, or still in an upload audience that has expired, is always evaluated.)"""
+    Only the audiences an input of which may have changed are evaluated (with the audiences
+    naming them in ``inSegment``): those whose rule reads an attribute path at, under or above a
+    written path that changed a view (``view_paths``); on an event or a time change due by the
+    update's time (window changes, upload expiries), those reading events and the expiring
+    uploads; on an identity change, the uploads. The others keep their result. Every audience
+    is evaluated for a profile never evaluated (a fresh seed) and, when a rule (or the consent
+    rule) reads ``now`` outside windows, on every update. With nothing to evaluate the profile's
+    evaluation time still moves on as if it had been evaluated, and the update can still export
+    through a mapped attribute write or an identity change. (Past ``until_ms`` time changes
+    are not timed, so there the audiences reading events and the expiring uploads are evaluated
+    with any other evaluation, and on every update of a profile with events or still in an
+    upload audience that has expired.)"""
 
     def __init__(self, config: ExportConfig, audiences: AudienceSet, until_ms: Optional[int] = None):
         self.audiences = audiences
@@ -144,9 +134,8 @@ class ProfileExporter:
         self.timed = audiences.timed                 # events leave windows, or uploads expire
         self.consent = compile_consent(config.activation.consent) if config.activation.consent else None
         rules = list(audiences.rules.values()) + ([self.consent] if self.consent else [])
-        self.reads_now = any(rule.reads_now for rule in rules)
-        self.reads_identities = bool(audiences.uploads)
-        self.rule_inputs = PathMatcher(p for rule in rules for p in rule.view_paths)
+        self.reads_now = any(rule.reads_now for rule in rules)   # every update evaluates every rule
+        self.consent_inputs = PathMatcher(self.consent.view_paths) if self.consent else None
         self.mapped_attributes = self.decider.mapped_attributes
         self.max_events = config.evaluation.max_events_per_profile
         self.metadata = config.destination.include_export_metadata
@@ -157,7 +146,7 @@ class ProfileExporter:
         seeded member that does not consent counts as announced as exited)."""
         state = ProfileState.from_snapshot(snapshot, self.policies, self.audience_ids)
         if self.consent is not None:
-            state.consents = self._consents(self.policies.views(state), snapshot.timestamp_ms)
+            state.consenting(self._consents(state.views(self.policies), snapshot.timestamp_ms))
         return state
 
     def catch_up(self, key: str, state: ProfileState, before_ms: int,
@@ -166,9 +155,10 @@ class ProfileExporter:
         ``before_ms`` (a timer's own instant: ``before_ms = due + 1``), each at its instant."""
         if out is None:
             out = []
+        dirty = None if self.reads_now else self.audiences.time_readers
         while state.timer_ms is not None and state.timer_ms < before_ms:
             now = state.timer_ms
-            self._evaluate(key, state, now, now, False, False, out)
+            self._evaluate(key, state, now, now, False, False, out, dirty)
         return out
 
     def update(self, key: str, state: ProfileState, update: ProfileUpdate) -> List[Tuple[ExportRecord, ExportPlan]]:
@@ -182,20 +172,27 @@ class ProfileExporter:
         leaves, changed, identities_changed, event_added = state.apply(update, self.policies, self.keeps_events)
         attribute_written = bool(leaves) and self.mapped_attributes.any([p for p, _ in leaves])
         evaluated = state.evaluated_ms
-        if evaluated is None or event_added or self.reads_now \
-                or (changed and self.rule_inputs.any(changed)) \
-                or (identities_changed and self.reads_identities) \
-                or (timer is not None and timer <= now) \
-                or (self.until_ms is not None and now > self.until_ms
-                    and (state.events or any(due <= now and a in state.realized
-                                             for a, due in self.audiences.expiries.items()))):
+        dirty = None                                  # the audiences to evaluate (None: all)
+        consent_read = bool(changed) and self.consent_inputs is not None and self.consent_inputs.any(changed)
+        if evaluated is not None and not self.reads_now:
+            audiences = self.audiences
+            dirty = audiences.path_readers(changed) if changed else _NO_AUDIENCES
+            if identities_changed:
+                dirty = dirty | audiences.identity_readers
+            # past ``until_ms`` time changes are not timed: whatever is evaluated catches them up
+            if event_added or (timer is not None and timer <= now) or (
+                    self.until_ms is not None and now > self.until_ms
+                    and (state.events or dirty or consent_read
+                         or any(due <= now and a in state.realized for a, due in audiences.expiries.items()))):
+                dirty = dirty | audiences.time_readers
+        if dirty is None or dirty or consent_read:
             if evaluated is not None and evaluated > now:
                 now = evaluated
-            self._evaluate(key, state, now, update.timestamp_ms, identities_changed, attribute_written, out)
+            self._evaluate(key, state, now, update.timestamp_ms, identities_changed, attribute_written, out, dirty)
             return out
         if evaluated > now:                           # no rule input changed: results stand
             now = evaluated
-        state.evaluated_ms = now
+        state.evaluated(now)
         if self.keeps_events:
             state.prune_events(now, self.retention_ms, self.max_events)
         if (attribute_written or identities_changed) and state.realized:
@@ -205,22 +202,21 @@ class ProfileExporter:
                 consents = state.consents or _NO_POLICIES
                 plans = self._consenting(plans, consents, consents)
             if plans:
-                self._format(key, state, self.policies.views(state), plans, now, update.timestamp_ms, out)
+                self._format(key, state, state.views(self.policies), plans, now, update.timestamp_ms, out)
         return out
 
-    def _evaluate(self, key, state, now, event_time_ms, identities_changed, attribute_written, out):
+    def _evaluate(self, key, state, now, event_time_ms, identities_changed, attribute_written, out, dirty):
         if self.keeps_events:
             state.prune_events(now, self.retention_ms, self.max_events)
-        views = self.policies.views(state)
-        members = self.audiences.evaluate(views, state.identities, state.events, now)
-        before = after = state.realized
-        if before.keys() != members:
-            after = state.realized = {a: before.get(a, now) for a in members}
-        state.evaluated_ms = now
-        if self.timed:
+        views = state.views(self.policies)
+        members = self.audiences.evaluate(views, state.identities, state.events, now, dirty, state.realized)
+        before, after = state.evaluated(now, members)
+        # the next time change moves only with the events, the time or the memberships (upload
+        # expiries); otherwise the pending one is still the next
+        if self.timed and (dirty is None or after is not before or not dirty.isdisjoint(self.audiences.time_readers)):
             due = self.audiences.next_change_ms(state.events, now, members)
-            state.timer_ms = (None if due is None or due <= now or (self.until_ms is not None and due > self.until_ms)
-                              else due)
+            state.schedule(None if due is None or due <= now or (self.until_ms is not None and due > self.until_ms)
+                           else due)
         if self.consent is not None:
             self._evaluate_consent(key, state, views, before, after, now, event_time_ms,
                                    identities_changed, attribute_written, out)
@@ -239,8 +235,8 @@ class ProfileExporter:
                           identities_changed, attribute_written, out):
         """Consent per merge policy: nothing is exported for a policy while the profile does not
         consent; a change of consent exports the opt-out or opt-in record alone."""
-        was = state.consents or _NO_POLICIES
-        consents = state.consents = self._consents(views, now)
+        consents = self._consents(views, now)
+        was = state.consenting(consents)
         plans = []
         if was != consents:
             decider = self.decider
@@ -250,9 +246,7 @@ class ProfileExporter:
                 if pid in consents:
                     plan = decider.opt_in(after, pid, now)
                     if plan is not None:
-                        if after is before:
-                            after = state.realized = dict(after)
-                        after.update((a, t) for a, _, t in plan.ups)   # destination's qualification time
+                        after = state.requalified(plan.ups)   # the destination's qualification times
                         self.counts["consent_opt_ins"] += 1
                 else:
                     plan = decider.opt_out(before, pid, now)
@@ -290,11 +284,8 @@ class ProfileExporter:
 
     def _metadata(self, key, state, plan, now) -> str:
         """The ``_export`` member; the sequence of the profile and policy lives in its state."""
-        sequences = state.sequences
-        if sequences is None:
-            sequences = state.sequences = {}
-        sequence = sequences[plan.policy_id] = sequences.get(plan.policy_id, 0) + 1
-        return self.formatter.export_metadata(key, plan.policy_id, sequence, now, plan.triggers)
+        return self.formatter.export_metadata(key, plan.policy_id, state.next_sequence(plan.policy_id), now,
+                                              plan.triggers)
 
 
 class _ExportProfileChangesFn(beam.DoFn):
@@ -323,7 +314,7 @@ class _ExportProfileChangesFn(beam.DoFn):
         self._evaluated.flush()
 
     def process(self, element: Tuple[str, ProfileUpdate], profile=beam.DoFn.StateParam(PROFILE),
-                seeds=None) -> Iterator[Any]:
+                seeds=None) -> Iterable[Any]:
         return self._on_update(element, profile, None, seeds)
 
     def _on_update(self, element, profile, time_change, seeds):
@@ -349,15 +340,17 @@ class _ExportProfileChangesFn(beam.DoFn):
         self._writes += 1
         if self._writes % STATE_BYTES_SAMPLE == 1:
             self._state_bytes.update(len(profile_state.encode(state)))
+        if not out:
+            return ()
         counts = self._counts
-        for record, plan in out:
-            counts["records"] += 1
+        counts["records"] += len(out)
+        for _, plan in out:
             for kind in plan.triggers:
-                counts["exports_" + kind] += 1
+                counts[_EXPORTS_BY_TRIGGER[kind]] += 1
             for _, status, _ in plan.ups:
                 if status == EXITED:
                     counts["exits"] += 1
-            yield record
+        return [record for record, _ in out]
 
 
 class _TimedExportProfileChangesFn(_ExportProfileChangesFn):
@@ -366,13 +359,13 @@ class _TimedExportProfileChangesFn(_ExportProfileChangesFn):
 
     def process(self, element: Tuple[str, ProfileUpdate],
                 profile=beam.DoFn.StateParam(_ExportProfileChangesFn.PROFILE),
-                time_change=beam.DoFn.TimerParam(TIME_CHANGE), seeds=None) -> Iterator[Any]:
+                time_change=beam.DoFn.TimerParam(TIME_CHANGE), seeds=None) -> Iterable[Any]:
         return self._on_update(element, profile, time_change, seeds)
 
     @on_timer(TIME_CHANGE)
     def on_time_change(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
                        profile=beam.DoFn.StateParam(_ExportProfileChangesFn.PROFILE),
-                       time_change=beam.DoFn.TimerParam(TIME_CHANGE)) -> Iterator[Any]:
+                       time_change=beam.DoFn.TimerParam(TIME_CHANGE)) -> Iterable[Any]:
         state = profile.read()
         fired_ms = fired.micros // 1000
         if state is None or state.timer_ms is None or state.timer_ms > fired_ms:

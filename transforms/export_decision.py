@@ -73,7 +73,6 @@ class ExportDecider:
     the consent records."""
 
     def __init__(self, config: ExportConfig):
-        self._policy_of = {a.id: a.merge_policy for a in config.audiences}
         self._mapped = tuple(m.id for m in config.mapping.audiences)
         self._policy_audiences: Dict[str, Tuple[str, ...]] = {}
         for a in config.audiences:
@@ -87,45 +86,41 @@ class ExportDecider:
                           if a.upload is not None and a.upload.expires_at_ms is not None}
         # whether a written path is at, under or above a mapped attribute path
         self.mapped_attributes = PathMatcher(config.mapping.attributes)
+        # prepared once: (policy, its audiences, its mapped audiences) in policy order, and the
+        # triggers an identity change / attribute write adds
+        self._policies = tuple((pid, self._policy_audiences[pid], self._policy_mapped[pid])
+                               for pid in self.policy_ids)
+        self._touched_kinds = {(i, w): tuple(k for k, on in ((IDENTITY, i), (ATTRIBUTE, w)) if on)
+                               for i in (False, True) for w in (False, True)}
 
     def decide(self, before: Mapping[str, int], after: Mapping[str, int], now_ms: int,
                identities_changed: bool = False, attribute_written: bool = False
                ) -> Tuple[ExportPlan, ...]:
         """``before``/``after``: ``{audience_id: lastQualificationTime ms}`` of the audiences the
         profile is realized in; an exit is stamped ``now_ms``."""
-        policy_of = self._policy_of
         identities_changed = identities_changed and self._identity_on
         attribute_written = attribute_written and self._attribute_on
-        changed = [] if before is after else [a for a in self._mapped if (a in before) != (a in after)]
         touched = identities_changed or attribute_written
-        if not changed and not touched:
+        if before is after and not touched:
             return ()
-        changes: Dict[str, list] = {}    # per policy with a record: its audience / expiry changes
+        touched_kinds = self._touched_kinds[identities_changed, attribute_written]
         expiries = self._expiries
-        for a in changed:
-            kind = EXPIRY if expiries and a in expiries and now_ms >= expiries[a] else AUDIENCE
-            have = changes.setdefault(policy_of[a], [])
-            if kind not in have:
-                have.append(kind)
-        # (b) and (c) hold only for the policies whose mapped audiences the profile is realized in
-        touched_kinds: Tuple[str, ...] = ()
-        touched_policies = set()
-        if touched:
-            touched_kinds = tuple(k for k, on in ((IDENTITY, identities_changed), (ATTRIBUTE, attribute_written)) if on)
-            for a in self._mapped:
-                if a in after:
-                    touched_policies.add(policy_of[a])
-                    changes.setdefault(policy_of[a], [])
-        if not changes:
-            return ()
-        exited = {a for a in changed if a not in after}
         plans = []
-        for pid in sorted(changes, key=self._policy_order.__getitem__):
+        for pid, audiences, mapped in self._policies:
+            # (a) a mapped audience of the policy entered or exited; (b), (c) only while the
+            # profile is realized in one of them after the update
+            changed = [] if before is after else [a for a in mapped if (a in before) != (a in after)]
+            touching = touched and any(a in after for a in mapped)
+            if not changed and not touching:
+                continue
             ups = tuple((a, REALIZED, after[a]) if a in after else (a, EXITED, now_ms)
-                        for a in self._policy_audiences[pid] if a in after or a in exited)
-            have = changes[pid]
-            triggers = (((AUDIENCE,) if AUDIENCE in have else ()) + (touched_kinds if pid in touched_policies else ())
-                        + ((EXPIRY,) if EXPIRY in have else ()))
+                        for a in audiences if a in after or a in changed)
+            if changed:
+                expired = [bool(expiries) and a in expiries and now_ms >= expiries[a] for a in changed]
+                triggers = (((AUDIENCE,) if not all(expired) else ()) + (touched_kinds if touching else ())
+                            + ((EXPIRY,) if any(expired) else ()))
+            else:
+                triggers = touched_kinds
             plans.append(ExportPlan(pid, ups, triggers))
         return tuple(plans)
 

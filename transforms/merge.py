@@ -1,6 +1,7 @@
 """Merge policies (docs/semantics.md#profiles-and-audiences): the attribute writes of one profile turned into one view per policy.
 
-Each policy keeps only what it needs, on the profile state (``view``, ``stamps``, ``datasets``):
+Each policy keeps only what it needs, in stores the profile state owns (``view``, ``stamps``,
+``datasets``) and hands to ``MergePolicies``:
 
 - ``timestamp_ordered``: the view itself, maintained in place, plus ``stamps``, the timestamp
   of the latest write (or delete) per dotted path. A write older than the stamp of its path or
@@ -109,13 +110,16 @@ def write_timestamp_view(view: dict, stamps: Dict[str, int], path: str, ts: int,
     ``in_order``: the caller knows no stamp is newer than ``ts``."""
     if not in_order and _newer_at_or_above(stamps, path, ts):
         return False
-    if value is not None:               # the common case: a leaf set where its parents are objects
+    if value is not None:               # the common case: a leaf set where its parents are objects or missing
         *parents, leaf = path.split(".")
         node = view
         for key in parents:
-            node = node.get(key)
-            if type(node) is not dict:
+            child = node.get(key)
+            if child is None:           # nothing at or under this path yet (a value is never None)
+                child = node[key] = {}
+            elif type(child) is not dict:
                 break
+            node = child
         else:
             old = node.get(leaf, _MISSING)
             if type(old) is not dict:
@@ -141,11 +145,14 @@ def write_timestamp_view(view: dict, stamps: Dict[str, int], path: str, ts: int,
 
 def _store(paths: Dict[str, Entry], path: str, entry: Entry) -> bool:
     """Store a ``dataset_precedence`` entry unless a newer entry at or above it wins; drops
-    the older entries under it and an older leaf above it. True when stored."""
+    the older entries under it and an older leaf above it. True when the view may have changed:
+    a new value, an entry dropped, or the same value at a newer time where an entry above or
+    below it is layered in time order with it."""
     ts = entry[0]
     old = paths.get(path)
     if old is not None and old[0] > ts:
         return False
+    dropped = False
     cut = path.rfind(".")
     while cut > 0:
         above = paths.get(path[:cut])
@@ -154,15 +161,20 @@ def _store(paths: Dict[str, Entry], path: str, entry: Entry) -> bool:
                 return False
             if above[2] is not None:        # an older leaf is replaced by this subtree
                 del paths[path[:cut]]
+                dropped = True
         cut = path.rfind(".", 0, cut)
+    under = path + "."
     if old is None or old[2] is None:       # entries under a path live beside a delete of it
-        under = path + "."
-        for stale in [p for p, e in paths.items() if e[0] <= ts and p.startswith(under)]:
-            del paths[stale]
+        stale = [p for p, e in paths.items() if e[0] <= ts and p.startswith(under)]
+        for p in stale:
+            del paths[p]
+        dropped = dropped or bool(stale)
     if old is not None:
         del paths[path]                     # re-inserted last: dict order is arrival order
     paths[path] = entry
-    return old is None or old[2] != entry[2]
+    if old is None or old[2] != entry[2] or dropped:
+        return True
+    return any(p.startswith(under) or path.startswith(p + ".") for p in paths)
 
 
 def _layer(view: dict, buckets: Iterable[Dict[str, Entry]], deletes: bool) -> None:
@@ -199,8 +211,9 @@ class MergePolicy:
 
 
 class MergePolicies:
-    """The merge policies in use: records writes on a profile state (any object with ``view``,
-    ``stamps``, ``datasets``) and gives each policy's view."""
+    """The merge policies in use: stores writes in a profile's attribute stores (the
+    ``timestamp_ordered`` view and its stamps, the ``dataset_precedence`` entries; the profile
+    state owns them) and gives each policy's view."""
 
     def __init__(self, configs: Iterable[MergePolicyConfig]):
         policies = [MergePolicy(c) for c in configs]
@@ -208,13 +221,13 @@ class MergePolicies:
         self.precedence = tuple(p for p in policies if p.type == DATASET_PRECEDENCE)
         self._bucketed = frozenset(d for p in self.precedence for d in p.datasets)
 
-    def record(self, state, leaves: List[Tuple[str, Any]], dataset_id: Optional[str],
-               timestamp_ms: int, seq: int, changed_paths: Optional[List[str]] = None) -> bool:
+    def record(self, view: dict, stamps: Dict[str, int], datasets: Datasets, leaves: List[Tuple[str, Any]],
+               dataset_id: Optional[str], timestamp_ms: int, seq: int,
+               changed_paths: Optional[List[str]] = None) -> bool:
         """Store leaf writes ``(path, value)``; True when some policy's view may have changed.
         ``changed_paths``, when given, receives the paths of the writes that may have."""
         changed = False
         if self.timestamp_ids:
-            view, stamps = state.view, state.stamps
             in_order = not stamps or max(stamps.values()) <= timestamp_ms
             for path, value in leaves:
                 if write_timestamp_view(view, stamps, path, timestamp_ms, value, in_order):
@@ -223,9 +236,9 @@ class MergePolicies:
                         changed_paths.append(path)
         if self.precedence:
             bucket = dataset_id if dataset_id in self._bucketed else None
-            paths = state.datasets.get(bucket)
+            paths = datasets.get(bucket)
             if paths is None:
-                paths = state.datasets[bucket] = {}
+                paths = datasets[bucket] = {}
             for path, value in leaves:
                 if _store(paths, path, (timestamp_ms, seq, value)):
                     changed = True
@@ -233,11 +246,11 @@ class MergePolicies:
                         changed_paths.append(path)
         return changed
 
-    def views(self, state) -> Dict[str, dict]:
-        """One view per policy in use; the timestamp-ordered policies share theirs."""
-        views = dict.fromkeys(self.timestamp_ids, state.view)
+    def views(self, view: dict, datasets: Datasets) -> Dict[str, dict]:
+        """One view per policy in use; the timestamp-ordered policies share ``view``."""
+        views = dict.fromkeys(self.timestamp_ids, view)
         for policy in self.precedence:
-            views[policy.id] = policy.precedence_view(state.datasets)
+            views[policy.id] = policy.precedence_view(datasets)
         return views
 
 

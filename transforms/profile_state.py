@@ -1,4 +1,8 @@
-"""``ProfileState``: what one profile's keyed state must remember for docs/semantics.md#profiles-and-audiences, and no more.
+"""``ProfileState``: what one profile's keyed state must remember for
+docs/semantics.md#profiles-and-audiences, and no more; the one place that changes it (the exporter
+calls its methods: ``apply`` an update, ``evaluated`` after an evaluation, ``requalified``/
+``next_sequence`` for the activation controls, ``prune_events``; the merge policies of ``merge``
+only work on the attribute stores ``apply`` hands them).
 
 - ``view``/``stamps``: the ``timestamp_ordered`` view and its per-path write times, and
   ``datasets``: per-dataset writes for ``dataset_precedence`` (see ``merge``; each is empty
@@ -74,7 +78,7 @@ class ProfileState:
             realized={aud: s.last_qualification_ms for aud, s in snapshot.segment_membership.items()
                       if aud in audience_ids and s.status in ("realized", "existing")})
         leaves = [(path, v) for path, v in attribute_leaves(snapshot.attributes) if v is not None]
-        policies.record(state, leaves, None, snapshot.timestamp_ms, 0)
+        policies.record(state.view, state.stamps, state.datasets, leaves, None, snapshot.timestamp_ms, 0)
         return state
 
     def apply(self, update: ProfileUpdate, policies: MergePolicies,
@@ -86,7 +90,8 @@ class ProfileState:
         leaves = attribute_leaves(update.attributes) if update.attributes else []
         changed_paths: List[str] = []
         if leaves:
-            policies.record(self, leaves, update.dataset_id, update.timestamp_ms, self.seq, changed_paths)
+            policies.record(self.view, self.stamps, self.datasets, leaves, update.dataset_id, update.timestamp_ms,
+                            self.seq, changed_paths)
         identities_changed = (merge_identities(self.identities, update.identities,
                                                update.identity_removals)
                               if update.identities or update.identity_removals else False)
@@ -101,6 +106,44 @@ class ProfileState:
         else:
             bisect.insort(events, event, key=_EVENT_TIME)
         return leaves, changed_paths, identities_changed, True
+
+    def views(self, policies: MergePolicies) -> Dict[str, dict]:
+        """The view of each merge policy in use."""
+        return policies.views(self.view, self.datasets)
+
+    def evaluated(self, now_ms: int, members: Optional[Collection[str]] = None
+                  ) -> Tuple[Dict[str, int], Dict[str, int]]:
+        """Record an evaluation at ``now_ms``; ``members``: the audiences the profile is realized in
+        now (None: every result stands). An audience kept keeps its qualification time, one
+        entered qualifies at ``now_ms``. Returns ``realized`` before and after (the same object
+        when the memberships did not change)."""
+        before = after = self.realized
+        if members is not None and before.keys() != members:
+            after = self.realized = {a: before.get(a, now_ms) for a in members}
+        self.evaluated_ms = now_ms
+        return before, after
+
+    def schedule(self, due_ms: Optional[int]) -> None:
+        """When the next time change is due (None: none to act on)."""
+        self.timer_ms = due_ms
+
+    def consenting(self, policy_ids: FrozenSet[str]) -> FrozenSet[str]:
+        """Record the merge policies the profile consents under now; those of before."""
+        was = self.consents or frozenset()
+        self.consents = policy_ids
+        return was
+
+    def requalified(self, ups: Collection[Tuple[str, str, int]]) -> Dict[str, int]:
+        """Take the qualification times an opt-in record gives the destination; the new ``realized``."""
+        realized = self.realized = {**self.realized, **{a: t for a, _, t in ups}}
+        return realized
+
+    def next_sequence(self, policy_id: str) -> int:
+        """Count one more record exported under ``policy_id``; its sequence number (from 1)."""
+        if self.sequences is None:
+            self.sequences = {}
+        sequence = self.sequences[policy_id] = self.sequences.get(policy_id, 0) + 1
+        return sequence
 
     def prune_events(self, now_ms: int, retention_ms: Optional[int], max_events: int) -> None:
         """Drop events older than ``now_ms - retention_ms`` (``None``: no time limit), then the

@@ -38,9 +38,18 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-# Compact JSON as the records carry it (also the backfill fallback for values Arrow cannot format).
-encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False,
-                           default=_json_default).encode
+def _compact_json():
+    """Compact JSON as the records carry it (also the backfill fallback for values Arrow cannot
+    format): the C encoder built once (``JSONEncoder.encode`` builds one per call)."""
+    make = json.encoder.c_make_encoder
+    if make is None:
+        return json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False,
+                                default=_json_default).encode
+    chunks, join = make(None, _json_default, _quote, None, ":", ",", False, False, True), "".join
+    return lambda value: join(chunks(value, 0))
+
+
+encode_json = _compact_json()
 
 _qualification_time = functools.lru_cache(maxsize=4096)(format_qualification_time)
 
@@ -120,15 +129,11 @@ class RecordFormatter:
         then ``metadata`` (``export_metadata``'s member, or nothing)."""
         head, tail = self._head, self._tail
         attributes = _pick(view, self._tree)
-        parts = [encode_json(attributes)[:-1] + ',"segmentMembership":{"ups":{' if attributes
-                 else '{"segmentMembership":{"ups":{']
-        parts.append(",".join([head[a] + _qualification_time(ms // 1000 * 1000) + tail[a, s]
-                               for a, s, ms in ups]))
-        parts.append('}},"identityMap":{')
-        parts.append(",".join([_quote(ns) + ':[' + ",".join(['{"id":' + _quote(i) + "}" for i in ids]) + "]"
-                               for ns, ids in identities.items()]))
-        parts.append("}" + metadata + "}" if metadata else "}}")
-        return "".join(parts).encode()
+        ups = ",".join([head[a] + _qualification_time(ms // 1000 * 1000) + tail[a, s] for a, s, ms in ups])
+        ids = ",".join([_quote(ns) + ":[" + ",".join(['{"id":' + _quote(i) + "}" for i in values]) + "]"
+                        for ns, values in identities.items()]) if identities else ""
+        start = encode_json(attributes)[:-1] + "," if attributes else "{"
+        return f'{start}"segmentMembership":{{"ups":{{{ups}}}}},"identityMap":{{{ids}}}{metadata}}}'.encode()
 
     @staticmethod
     def export_metadata(profile_id: str, policy_id: str, sequence: int, at_ms: int,
