@@ -238,11 +238,46 @@ def test_retries_exhausted_then_dead_letter_with_backoff_and_full_jitter():
     assert jittered.flush().sent == 1 and other.sleeps == [0.025]
 
 
+def test_throttled_sends_do_not_use_up_retries_nor_double_the_backoff():
+    """Throttling is the stream's normal pushback: five throttled sends in a row with
+    ``max_retries: 2`` still deliver, each retry after one base delay (full jitter, rand=1)."""
+    clock = Clock()
+    fake = FakeKinesis([("fail", {0: "ProvisionedThroughputExceededException"})] * 5)
+    sender = fake_sender(fake, RetrySettings(2, 100, 5000), clock=clock, rand=lambda: 1.0)
+    sender.add("p-1", b'{"v":1}')
+    report = sender.flush()
+    assert (report.sent, report.retried, report.dead, len(fake.requests)) == (1, 5, [], 6)
+    assert clock.sleeps == [0.1] * 5
+
+
+def test_other_failures_still_count_after_throttling():
+    fake = FakeKinesis([("fail", {0: "ProvisionedThroughputExceededException"})] * 3
+                       + [("fail", {0: "InternalFailure"})] * 3)
+    sender = fake_sender(fake, RetrySettings(2, 1, 5))
+    sender.add("p-1", b'{"v":1}')
+    [(failed, _)] = sender.flush().dead
+    assert (failed.error_code, failed.attempts, len(fake.requests)) == ("InternalFailure", 6, 6)
+
+
+@pytest.mark.parametrize("fault", [("fail", {0: "ProvisionedThroughputExceededException"}),
+                                   ("status", 400, "ProvisionedThroughputExceededException")])
+def test_throttled_record_dead_lettered_after_its_deadline(fault):
+    fake = FakeKinesis([fault] * 3)
+    sender = fake_sender(fake, RetrySettings(2, 1, 5), throttled_ttl_s=0)
+    sender.add("p-1", b'{"v":1}')
+    report = sender.flush()
+    [(failed, _)] = report.dead
+    assert (failed.error_code, failed.attempts, len(fake.requests), report.rejected) == (
+        "ProvisionedThroughputExceededException", 1, 1, 0)
+
+
 # ------------------------------------------------------------------ fake transport: AIMD
 
 def test_throttling_halves_the_window_and_paces_full_requests():
     """Each request takes a 30 ms round trip; the first is throttled. Requests stay full (500
-    records) and go out at the window's pace: 500 x 30 ms / window apart."""
+    records) and go out at the window's pace: 500 x 30 ms / window apart. The window climbs
+    back to where it was cut by half the distance per round trip (a 500-record reply at a
+    window of 250 is two round trips' worth), then probes beyond by 10 a round trip."""
     clock, fake, seen = Clock(), FakeKinesis([("status", 400, "ProvisionedThroughputExceededException")]), []
 
     def round_trip(url, headers, body):
@@ -250,15 +285,16 @@ def test_throttling_halves_the_window_and_paces_full_requests():
         clock.now += 0.03
         return fake(url, headers, body)
     sender = fake_sender(round_trip, RetrySettings(5, 1, 5), clock=clock)
+    sender.max_window = 4000
     for i in range(2000):
         sender.add(f"k{i}", b"{}")
     report = sender.flush()
     assert (report.sent, report.throttled, [len(r) for r in fake.requests]) == (2000, 1, [500] * 5)
     times, windows = zip(*seen)
-    assert [round(w, 1) for w in windows] == [500, 250, 270, 288.5, 305.8]   # halved, then +10 a round trip
+    assert [round(w, 1) for w in windows] == [500, 250, 500, 510, 519.8]
     assert times[1] - times[0] == pytest.approx(0.03 + 500 * 0.03 / 250)
     for i in range(2, 5):
-        assert times[i] - times[i - 1] == pytest.approx(500 * 0.03 / windows[i])
+        assert times[i] - times[i - 1] == pytest.approx(max(0.03, 500 * 0.03 / windows[i]))  # one at a time
 
 
 def test_per_record_throttling_cuts_the_window():
@@ -275,6 +311,50 @@ def test_per_record_throttling_cuts_the_window():
     assert windows[:2] == [500, 250]
 
 
+@pytest.mark.parametrize("window,peak,accepted,grown", [
+    (1000, 3000, 1000, 2000),     # a round trip's worth, below the last cut: half the distance
+    (1000, 3000, 500, 1500),      # half a round trip's worth: half that
+    (2995, 3000, 2995, 3000),     # close to it: at least WINDOW_STEP, but not past it
+    (100, 3000, 500, 3000),       # a reply of five round trips' worth: up to it, not past it
+    (3000, 3000, 3000, 3010),     # beyond it: by WINDOW_STEP
+    (3100, 3000, 3100, 3110),
+    (3995, 3000, 3995, 4000),     # at most max_window
+])
+def test_window_grows_back_to_the_last_cut_then_probes(window, peak, accepted, grown):
+    sender = fake_sender(FakeKinesis(), max_in_flight=8)
+    sender.window, sender._peak, sender._slow_start = window, peak, False
+    sender._grow(accepted)
+    assert sender.window == pytest.approx(grown)
+
+
+def test_slow_start_doubles_until_the_first_throttling():
+    sender = fake_sender(FakeKinesis(), max_in_flight=8)
+    sender._grow(500)
+    assert sender.window == 1000
+    sender._throttled(epoch=0, fraction=0.1)
+    assert (sender.window, sender._peak, sender._slow_start) == (900, 1000, False)
+    sender._throttled(epoch=1, fraction=0.5)     # cut again before a reply was accepted whole
+    assert (sender.window, sender._peak) == (450, 1000)
+    sender._grow(450)
+    sender._throttled(epoch=2, fraction=0.5)     # a new run of cuts begins where it grew to
+    assert (sender.window, sender._peak) == (725 / 2, 725)
+
+
+def test_cut_no_lower_than_what_the_stream_took():
+    """Over the last round trips (30 ms) the stream took 2,400 records in the 0.2 s after a
+    first reply, 360 per round trip: a cut stops at 0.9 of that, and the window climbs back to
+    1.25 of it at most."""
+    sender = fake_sender(FakeKinesis(), max_in_flight=8)
+    sender._srtt = 0.03
+    for i in range(9):
+        sender._accepted(i * 0.025, 300)
+    sender.window, sender._slow_start = 1000, False
+    sender._throttled(epoch=0, fraction=1.0)
+    assert (sender.window, sender._peak) == (pytest.approx(0.9 * 360), pytest.approx(1.25 * 360))
+    sender._accepted(1.0, 300)                   # the older replies leave the span
+    assert sender._delivery_window() == 0.0      # measured over too short a time
+
+
 def test_throttled_replies_cut_once_per_round_trip():
     sender = fake_sender(FakeKinesis())
     sender.window = 4000
@@ -283,10 +363,12 @@ def test_throttled_replies_cut_once_per_round_trip():
     assert sender.window == 2000
     sender._throttled(epoch=1)
     assert sender.window == 1000
-    sender._throttled(epoch=2, fraction=0.7)    # most of a request throttled: down to what was accepted
+    sender._throttled(epoch=2, fraction=0.7)    # records throttled: cut by their share
     assert sender.window == pytest.approx(300)
-    sender._throttled(epoch=3, fraction=1.0)    # all of it: a quarter at most
-    assert sender.window == pytest.approx(75)
+    sender._throttled(epoch=3, fraction=0.05)
+    assert sender.window == pytest.approx(285)
+    sender._throttled(epoch=4, fraction=1.0)    # all of it: a quarter at most
+    assert sender.window == pytest.approx(71.25)
     for _ in range(100):
         sender._throttled(epoch=sender._epoch)
     assert sender.window == 10           # the floor

@@ -16,7 +16,11 @@ don't all do:
   ``RecordTooLarge``, never sent;
 - retries only what may succeed later: per-record ``ProvisionedThroughputExceededException``
   and ``InternalFailure``, throttled and 5xx requests and connection errors, with exponential
-  backoff and full jitter, at most ``retry.max_retries`` times (2: three sends). Configuration
+  backoff and full jitter, at most ``retry.max_retries`` times (2: three sends). Throttling is
+  the exception: it is the stream's normal pushback, answered by sending less, so a throttled
+  send neither counts against ``max_retries`` nor doubles the backoff; as the KPL's
+  ``RecordTtl``, a record throttled for ``THROTTLED_RECORD_TTL_S`` (30 s) after its first send
+  is dead-lettered (a slow start that overshoots used to dead-letter records). Configuration
   errors (ResourceNotFound, AccessDenied, InvalidArgument, KMS, bad or missing credentials) are
   not retried: their records go to the dead letter with an ALERT, and the job goes on;
 - several requests in flight (``max_in_flight``, default 8), so one instance fills a stream of
@@ -24,13 +28,17 @@ don't all do:
   is kept, retries included: a key has at most one record in flight or waiting for a retry, and
   its next record is only released once that one is acknowledged or dead-lettered (PutRecords
   itself does not order the records of one request when some of them fail);
-- adapts (AIMD): requests are paced at a window of records per measured round trip, so a slow
+- adapts: requests are paced at a window of records per measured round trip, so a slow
   stream gets full requests further apart rather than small ones every round trip (a request's
-  cost is mostly per request). The window halves when the stream throttles (at most once per
-  round trip: replies to requests sent before the last cut don't cut again; down to the accepted
-  share of a request when most of it was throttled) and grows by ``WINDOW_STEP`` records per
-  round trip while requests are accepted whole; from one full request it doubles per round trip
-  until the first throttling, like TCP's slow start;
+  cost is mostly per request). From one full request the window doubles per round trip until
+  the first throttling (TCP's slow start). Then, at most once per round trip (replies to
+  requests sent before the last cut don't cut again), a request refused whole halves it and
+  records throttled in a request cut it by their share (as DCTCP), at most to a quarter and no
+  lower than 0.9 of what the stream took per round trip lately; while requests are accepted
+  whole it climbs back by half the distance to where the cuts began (capped at 1.25 of what the
+  stream took) per round trip, then by ``WINDOW_STEP`` (BIC-TCP's binary search). A stream of
+  64 shards needs a window of thousands of records: halving on a few throttled records and
+  growing by a constant step left it half used for hundreds of round trips;
 - bounded memory: past ``max_buffered_records`` / ``max_buffered_bytes`` held (queued, waiting
   for a retry or in flight), ``process`` waits for replies. Requests go out as soon as a full
   one is ready, once the oldest queued record is ``max_delay_ms`` old (checked on each element,
@@ -61,6 +69,7 @@ import logging
 import math
 import queue
 import random
+import re
 import socket
 import threading
 import time
@@ -89,7 +98,9 @@ MAX_RECORD_BYTES = 1024 * 1024  # the default destination.max_record_bytes
 MIN_WINDOW = 10
 MIN_ROUND_TRIP_S = 0.001
 WINDOW_STEP = 10
+RATE_SPAN_RTTS = 8  # the stream's delivery rate is measured over this many round trips
 DEFAULT_MAX_IN_FLIGHT = 8
+THROTTLED_RECORD_TTL_S = 30.0  # as the KPL's RecordTtl: how long a throttled record keeps trying
 
 RETRYABLE_RECORD_ERRORS = frozenset({"ProvisionedThroughputExceededException", "InternalFailure"})
 # Request-level pushback. KMSThrottlingException is throttling, not a KMS configuration error.
@@ -101,6 +112,8 @@ CREDENTIAL_ERRORS = frozenset({"UnrecognizedClientException", "InvalidSignatureE
                                "SignatureDoesNotMatch", "MissingAuthenticationToken", "NoCredentials"})
 RECORD_TOO_LARGE = "RecordTooLarge"
 _TARGET = "Kinesis_20131202.PutRecords"
+_THROTTLED = "ProvisionedThroughputExceededException"
+_ALL_DELIVERED = re.compile(rb'\s*\{\s*"FailedRecordCount"\s*:\s*0\s*,')
 
 
 class KinesisSetupError(UserError):
@@ -351,23 +364,30 @@ class RecordSender:
     flight, waiting for a retry or in ``_ready``), in ``_ready`` (its turn: sent before any
     queued record), in the retry heap, or in a request. Each moves in O(1): a partial failure
     does not rebuild the queue. Attempts and attempt times are kept aside, in ``_tries``, only
-    for records that failed before (``id`` -> [attempts, first ms, last ms])."""
+    for records that failed before (``id`` -> [attempts, first ms, last ms, throttled sends])."""
 
     def __init__(self, put_records: Callable[[Sequence[Tuple]], Tuple[int, bytes]],
                  retry: RetrySettings = RetrySettings(), max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
                  max_record_bytes: int = MAX_RECORD_BYTES, max_delay_s: Optional[float] = None,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 throttled_ttl_s: float = THROTTLED_RECORD_TTL_S, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep,
                  rand: Callable[[], float] = random.random):
         self.put_records = put_records
         self.retry, self.clock, self.sleep, self.rand = retry, clock, sleep, rand
         self.max_in_flight, self.max_record_bytes, self.max_delay_s = max_in_flight, max_record_bytes, max_delay_s
+        self.throttled_ttl_s = throttled_ttl_s
         self.request_bytes = MAX_REQUEST_BYTES if max_record_bytes <= MAX_RECORD_BYTES else LARGE_RECORD_REQUEST_BYTES
         self.max_window = max_in_flight * MAX_RECORDS_PER_REQUEST
         self.window = float(MAX_RECORDS_PER_REQUEST)  # records per round trip (AIMD)
         self._srtt: Optional[float] = None  # smoothed round trip (s); no pacing before the first reply
         self._tokens, self._tokens_at = float(MAX_RECORDS_PER_REQUEST), 0.0
         self._token_wait: Optional[float] = None
+        self._paced_until = 0.0
         self._slow_start = True  # until the first throttling: grow by what was accepted
+        self._peak = self.window  # the window where the last run of cuts began
+        self._cutting = False  # cut since the last reply accepted whole
+        self._acks: Deque[Tuple[float, int]] = collections.deque()  # (reply time, records accepted)
+        self._acked = 0  # records accepted in _acks
         self._epoch = 0  # how often the window was cut
         self.held = self.held_bytes = 0  # records added and not yet delivered or dead-lettered
         self._queue: Deque[Tuple] = collections.deque()
@@ -409,10 +429,11 @@ class RecordSender:
             self._collect(block=False)
         if self._retries:
             self._release_due()
+        now = self.clock()
         late = (self.max_delay_s is not None and self._queued_since is not None
-                and self.clock() - self._queued_since >= self.max_delay_s)
-        if force or late or self._ready or len(self._queue) >= MAX_RECORDS_PER_REQUEST \
-                or self._queued_bytes >= self.request_bytes:
+                and now - self._queued_since >= self.max_delay_s)
+        if (force or late or self._ready or len(self._queue) >= MAX_RECORDS_PER_REQUEST
+                or self._queued_bytes >= self.request_bytes) and (force or now >= self._paced_until):
             self._submit(force or late, late)
         while ((max_held is not None and self.held > max_held)
                or (max_held_bytes is not None and self.held_bytes > max_held_bytes)):
@@ -459,6 +480,7 @@ class RecordSender:
                 need = min(want, max(int(self.window), MIN_WINDOW)) if late else want
                 if self._tokens < need - 0.5:  # (half a record: float rounding)
                     self._token_wait = max((need - self._tokens) / rate, 0.0005)
+                    self._paced_until = now + self._token_wait  # elements until then don't try again
                     return
                 want = min(want, max(need, int(self._tokens + 0.5)))
             batch = self._take(want)
@@ -594,13 +616,20 @@ class RecordSender:
             code, message = response_error(status, body)
             throttled = code in THROTTLING_ERRORS
             if throttled or status >= 500:
-                self._retry_or_dead(batch, code, message, started)
+                self._retry_or_dead(batch, code, message, started, throttled)
                 if throttled:
                     self._throttled(epoch)
             else:
                 self._dead(batch, code, message, started, rejected=True)
             return
         acked = now_ms()
+        if _ALL_DELIVERED.match(body) and body.count(b'"SequenceNumber"') == len(batch):
+            # the usual answer, read without parsing its results (json.loads of 500 of them
+            # costs ~0.13 ms in the caller's thread, which does all the bookkeeping)
+            self._delivered(batch, acked)
+            self._accepted(now, len(batch))
+            self._grow(len(batch))
+            return
         try:
             reply = json.loads(body)
             failed, results = reply.get("FailedRecordCount", 0), reply["Records"]
@@ -609,6 +638,7 @@ class RecordSender:
             return
         if not failed and len(results) == len(batch):  # the usual answer
             self._delivered(batch, acked)
+            self._accepted(now, len(batch))
             self._grow(len(batch))
             return
         delivered, again = [], {}  # retryable code -> (records, a message)
@@ -623,27 +653,71 @@ class RecordSender:
             else:
                 self._dead((record,), code, result.get("ErrorMessage") or "", started, rejected=True)
         self._delivered(delivered, acked)
+        self._accepted(now, len(delivered))
         for code, (records, message) in again.items():
-            self._retry_or_dead(records, code, message, started)
-        if "ProvisionedThroughputExceededException" in again:
-            self._throttled(epoch, len(again["ProvisionedThroughputExceededException"][0]) / len(batch))
+            self._retry_or_dead(records, code, message, started, code == _THROTTLED)
+        if _THROTTLED in again:
+            self._throttled(epoch, len(again[_THROTTLED][0]) / len(batch))
+
+    def _accepted(self, now: float, count: int) -> None:
+        """Notes the records the stream took, over the last ``RATE_SPAN_RTTS`` round trips."""
+        acks = self._acks
+        acks.append((now, count))
+        self._acked += count
+        horizon = now - RATE_SPAN_RTTS * self._srtt
+        while acks[0][0] < horizon:
+            self._acked -= acks.popleft()[1]
 
     def _grow(self, accepted: int) -> None:
-        """Additive increase: ``WINDOW_STEP`` more per round trip (a window's worth
-        of accepted records); before the first throttling, by what was accepted (doubling per
-        round trip, as TCP's slow start)."""
-        step = accepted if self._slow_start else WINDOW_STEP * accepted / self.window
-        self.window = min(self.max_window, self.window + step)
+        """Increase per round trip (a window's worth of accepted records), as BIC-TCP: below
+        the window where the last run of cuts began, by half the distance to it (a binary
+        search for the rate the stream took), at least ``WINDOW_STEP``; above it, by
+        ``WINDOW_STEP`` (a stream's one-second burst hides an overshoot for a while, so
+        probing stays slow). Before the first throttling, by what was accepted (doubling, as
+        TCP's slow start). A stream of 64 shards needs a window of thousands of records: a
+        constant step would take hundreds of round trips to get back to it after a cut."""
+        self._cutting = False
+        window = self.window
+        if self._slow_start:
+            grown = window + accepted
+        elif window < self._peak:  # not past it (a request larger than the window is several round trips)
+            grown = min(self._peak, window + max(WINDOW_STEP, (self._peak - window) / 2) * accepted / window)
+        else:
+            grown = window + WINDOW_STEP * accepted / window
+        self.window = min(self.max_window, grown)
 
-    def _throttled(self, epoch: int, fraction: float = 0.0) -> None:
+    def _throttled(self, epoch: int, fraction: Optional[float] = None) -> None:
         """Multiplicative decrease, once per round trip (replies to requests sent before the
-        last cut do not cut again): by half, or to the share of the request that was accepted
-        when that is less (a slow start that overshot far), but at most to a quarter."""
+        last cut do not cut again). A request refused whole halves the window; records throttled
+        in an accepted request cut it by their share (what the stream took of a request is
+        what it takes: 5 % over its shards' rate throttles about 5 % of the records, as DCTCP
+        cuts by the share of marked packets), at most to a quarter, and no lower than 0.9 of
+        the stream's delivery per round trip. Halving on a few throttled records would leave a
+        stream of many shards half used for hundreds of round trips. The first cut of a run
+        notes where it began (``_peak``, the target of ``_grow``), at most 1.25 of that
+        delivery: a stream's one-second burst lets the window overshoot far before it throttles."""
         self._report.throttled += 1
         if epoch == self._epoch:
             self._epoch += 1
             self._slow_start = False
-            self.window = max(MIN_WINDOW, self.window * max(0.25, min(0.5, 1.0 - fraction)))
+            cut = 0.5 if fraction is None else max(0.25, 1.0 - fraction)
+            delivery = self._delivery_window()
+            if not self._cutting:  # the first cut since a reply was accepted whole
+                self._peak, self._cutting = min(self.window, 1.25 * delivery or self.window), True
+            self.window = max(MIN_WINDOW, self.window * cut, 0.9 * delivery)
+
+    def _delivery_window(self) -> float:
+        """What the stream took per round trip lately (0 when not measured over at least half
+        the span): a throttling stream takes what its shards allow, so a cut goes no lower.
+        Without this floor, cuts in a row (each round trip of a stream running at its limit
+        throttles a few records somewhere) would sink the window far below the stream's rate."""
+        acks = self._acks
+        if not acks or self._srtt is None:
+            return 0.0
+        span = acks[-1][0] - acks[0][0]
+        if span < RATE_SPAN_RTTS * self._srtt / 2:
+            return 0.0
+        return (self._acked - acks[0][1]) / span * self._srtt  # what came in after the first reply
 
     def _finished(self, records) -> None:
         busy, ready = self._busy, self._ready
@@ -665,20 +739,31 @@ class RecordSender:
                 self._tries.pop(id(r), None)
         self._finished(records)
 
-    def _retry_or_dead(self, records, code: str, message: str, started: int) -> None:
+    def _retry_or_dead(self, records, code: str, message: str, started: int, throttled: bool = False) -> None:
         """Records that may be sent again wait a backoff with full jitter, one draw per reply:
-        what failed together is due together, and goes out again in one request."""
+        what failed together is due together, and goes out again in one request.
+
+        A throttled send does not count against ``retry.max_retries``: throttling is the
+        stream's normal pushback, which the window answers by sending less (a slow start that
+        overshoots throttles a good share of a request several round trips in a row). As the
+        KPL does, a throttled record keeps trying until ``throttled_ttl_s`` after its first
+        send, then it is dead-lettered; other failures count as before. Throttled sends don't
+        double the backoff either (the window already slows the sender down): a record
+        throttled at the end of a bundle is not kept waiting for seconds."""
         again, spent, tries, retry = [], [], self._tries, self.retry
-        attempts = 0
+        attempts = 1  # the backoff doubles per failure that counts, not per throttled send
+        expired = now_ms() - self.throttled_ttl_s * 1000.0
         for r in records:
             t = tries.get(id(r))
             if t is None:
-                t = tries[id(r)] = [1, started, started]
-            if t[0] > retry.max_retries:
+                t = tries[id(r)] = [1, started, started, 0]
+            if throttled:
+                t[3] += 1
+            if (t[1] <= expired) if throttled else (t[0] - t[3] > retry.max_retries):
                 spent.append(r)
             else:
                 again.append(r)
-                attempts = max(attempts, t[0])
+                attempts = max(attempts, t[0] - t[3])
         if again:
             cap = min(retry.max_delay_ms, retry.base_delay_ms * (2 ** (attempts - 1)))
             self._retry_seq += 1
@@ -690,7 +775,7 @@ class RecordSender:
     def _dead(self, records, code: str, message: str, started: int, rejected: bool = False) -> None:
         dead = self._report.dead
         for r in records:
-            attempts, first, last = self._tries.pop(id(r), None) or (1, started, started)
+            attempts, first, last, _ = self._tries.pop(id(r), None) or (1, started, started, 0)
             dead.append((FailedRecord(r[0], r[1], code, message, attempts, first, last), r[4]))
         if rejected:
             self._report.rejected += len(records)
