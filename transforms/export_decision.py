@@ -79,7 +79,9 @@ class ExportDecider:
             self._policy_audiences[a.merge_policy] = self._policy_audiences.get(a.merge_policy, ()) + (a.id,)
         self._policy_mapped = {pid: tuple(a for a in ids if a in self._mapped)
                                for pid, ids in self._policy_audiences.items()}
-        self._policy_order = {p.id: i for i, p in enumerate(config.merge_policies)}
+        order = {p.id: i for i, p in enumerate(config.merge_policies)}
+        # the merge policies of the audiences, in config order
+        self.policy_ids: Tuple[str, ...] = tuple(sorted(self._policy_audiences, key=order.__getitem__))
         self._identity_on = IDENTITY in config.activation.triggers
         self._attribute_on = ATTRIBUTE in config.activation.triggers
         self._expiries = {a.id: a.upload.expires_at_ms for a in config.audiences
@@ -123,11 +125,6 @@ class ExportDecider:
                 triggers = touched_kinds
             plans.append(ExportPlan(pid, ups, triggers))
         return tuple(plans)
-
-    @property
-    def policy_ids(self) -> Tuple[str, ...]:
-        """The merge policies of the audiences, in config order."""
-        return tuple(sorted(self._policy_audiences, key=self._policy_order.__getitem__))
 
     def opt_out(self, before: Mapping[str, int], policy_id: str, now_ms: int) -> Optional[ExportPlan]:
         """The record of a profile that stops consenting under a policy: the mapped audiences
