@@ -46,7 +46,7 @@ from apache_beam.metrics import Metrics
 
 from transforms.audiences import AudienceSet
 from transforms.model import DeadLetter
-from transforms.rules import AudienceRule, Events, as_number, compile_node, walk
+from transforms.rules import AudienceRule, Events, as_number, compile_node, path_getter, walk
 from transforms.snapshot import (DEAD_LETTER, ReadParquetRowGroups, drop_nulls, read_row_group, split_dead_letters,
                                  times_ms)
 from transforms.timeutil import parse_timestamp_ms
@@ -144,8 +144,8 @@ class EventPlan:
         self.schema = pa.schema([("profileId", pa.string()), ("timestamp", pa.int64())] + [
             (name, pa.float64() if node.agg == "sum" else pa.int8()) for name, node in zip(self.names, self.nodes)])
         self._conds = [None if n.cond is None else compile_vectorized(n.cond) for n in self.nodes]
-        self._py = [(None if n.cond is None else compile_node(n.cond), n.sum_path)
-                    for n in self.nodes]
+        self._py = [(None if n.cond is None else compile_node(n.cond),
+                     None if n.sum_path is None else path_getter(n.sum_path)) for n in self.nodes]
 
     # ---- 1. contributions of the events ----------------------------------------------------------
 
@@ -206,7 +206,7 @@ class EventPlan:
                 if get is None:
                     out[2 + k].append(int(hit))
                 else:
-                    value = as_number(_value_at(event, get)) if hit else None
+                    value = as_number(get(event)) if hit else None
                     out[2 + k].append(0.0 if value is None else float(value))
         return pa.Table.from_arrays([pa.array(c, f.type) for c, f in zip(out, self.schema)], schema=self.schema), dead
 
@@ -243,14 +243,6 @@ class EventPlan:
         at = pc.index_in(profile_ids, value_set=aggregates.column("profileId").combine_chunks())
         return {node: pc.fill_null(aggregates.column(name).combine_chunks().take(at), 0)
                 for node, name in zip(self.nodes, self.names)}
-
-
-def _value_at(event: dict, path: Tuple[str, ...]):
-    for key in path:
-        if type(event) is not dict:
-            return None
-        event = event.get(key)
-    return event
 
 
 def _numbers_at(events: pa.RecordBatch, path: Tuple[str, ...]) -> pa.Array:

@@ -491,7 +491,8 @@ _OPS = {"=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le
 Evaluator = Callable[[Any, Sequence[Mapping], int, Mapping[str, bool]], bool]
 
 
-def _getter(path: Tuple[str, ...]) -> Callable[[Any], Any]:
+def path_getter(path: Tuple[str, ...]) -> Callable[[Any], Any]:
+    """The value at a dotted ``path`` of a nested dict (None where a step is absent or not a dict)."""
     if len(path) == 1:
         (a,) = path
 
@@ -573,7 +574,7 @@ def _compile_string_fn(get, node: StringFn) -> Evaluator:
 
 
 def _compile_occurs(node: Occurs) -> Evaluator:
-    get, w = _getter(node.path), node.window_ms
+    get, w = path_getter(node.path), node.window_ms
     within = {"<=": lambda age: 0 <= age <= w, "<": lambda age: 0 <= age < w,
              ">": lambda age: age > w, ">=": lambda age: age >= w}[node.op]
 
@@ -599,7 +600,7 @@ def _compile_events(node: Events) -> Evaluator:
     f, n = _OPS[node.op], node.number.value
     if node.agg == "count":
         return lambda view, events, now, seg: f(sum(1 for e in events if cond(e, None, now, seg)), n)
-    get = _getter(node.sum_path)
+    get = path_getter(node.sum_path)
 
     def ev(view, events, now, seg):
         total = 0
@@ -625,13 +626,13 @@ def compile_node(node) -> Evaluator:
         a = compile_node(node.operand)
         return lambda view, events, now, seg: not a(view, events, now, seg)
     if t is Compare:
-        return _compile_compare(_getter(node.path), node.op, node.lit)
+        return _compile_compare(path_getter(node.path), node.op, node.lit)
     if t is InList:
-        return _compile_in(_getter(node.path), node.lits, node.negated)
+        return _compile_in(path_getter(node.path), node.lits, node.negated)
     if t is StringFn:
-        return _compile_string_fn(_getter(node.path), node)
+        return _compile_string_fn(path_getter(node.path), node)
     if t is IsNull:
-        get = _getter(node.path)
+        get = path_getter(node.path)
         if node.null:
             return lambda view, events, now, seg: get(view) is None
         return lambda view, events, now, seg: get(view) is not None
@@ -709,7 +710,7 @@ class AudienceRule:
         self.view_paths = frozenset(".".join(n.path) for n in walk(node, into_events=False)
                                     if type(n) in (Compare, InList, StringFn, IsNull))
         # (time getter, entering/leaving offsets from t) of each `occurs` condition
-        self._windows = tuple((_getter(n.path), _CHANGE_OFFSETS[n.op](n.window_ms))
+        self._windows = tuple((path_getter(n.path), _CHANGE_OFFSETS[n.op](n.window_ms))
                               for n in nodes if type(n) is Occurs)
         self.evaluate: Evaluator = compile_node(node)
         self._vectorized = None
