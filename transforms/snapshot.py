@@ -57,7 +57,7 @@ def total_bytes(pattern: str) -> int:
     return sum(m.size_in_bytes or 0 for m in FileSystems.match([pattern])[0].metadata_list)
 
 
-def _open(path: str, flag: str) -> pq.ParquetFile:
+def _open(path: str) -> pq.ParquetFile:
     """A Parquet file with the required columns; ValueError naming what is wrong."""
     try:
         f = pq.ParquetFile(FileSystems.open(path) if "://" in path else path)
@@ -77,7 +77,7 @@ def _open(path: str, flag: str) -> pq.ParquetFile:
 def open_parquet(path: str, flag: str = "--snapshot") -> pq.ParquetFile:
     """A Parquet file with the required columns, or one line naming what is wrong."""
     try:
-        return _open(path, flag)
+        return _open(path)
     except ValueError as e:
         raise UserError(f"{flag} {path}: {e}") from None
 
@@ -116,7 +116,7 @@ class _RowGroupsFn(beam.DoFn):
             yield path, None, 0
             return
         try:
-            meta = _open(path, self._flag).metadata
+            meta = _open(path).metadata
         except (ValueError, OSError) as e:
             yield DeadLetter(f"{self._flag}: {e}", path, None, "")
             return
@@ -154,7 +154,7 @@ def split_dead_letters(elements: beam.PCollection, name: str) -> dict:
 
 
 def read_row_group(path: str, row_group: int, columns: Sequence[str], batch_size: int) -> Iterator[pa.RecordBatch]:
-    f = _open(path, "")
+    f = _open(path)
     names = f.schema_arrow.names
     if columns is not None:
         columns = [c for c in columns if c in names]
