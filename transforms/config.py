@@ -455,7 +455,7 @@ def config_from_dict(data, base_dir: str, environ: TMapping[str, str], source: O
     top = doc.data
     policies = _merge_policies(top.get("merge_policies") or [], errors)
     audiences = _audiences(top.get("audiences") or [], policies, base_dir, errors)
-    activation = _activation(top.get("activation") or {}, errors)
+    activation = _activation(top.get("activation") or {})
     mapping = _mapping(top.get("mapping") or {}, audiences, activation, errors)
     alerts, evaluation = top.get("alerts") or {}, top.get("evaluation") or {}
     config = ExportConfig(
@@ -546,7 +546,7 @@ def _audiences(raw: list, policies, base_dir: str, errors: List[str]) -> Tuple[A
     return tuple(audiences)
 
 
-def _activation(a: dict, errors: List[str]) -> Activation:
+def _activation(a: dict) -> Activation:
     usage = a.get("data_usage") or {}
     labels = tuple((path, tuple(x for x in found if x is not None))
                    for path, found in (usage.get("labels") or {}).items() if found is not None)
