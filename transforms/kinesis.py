@@ -79,7 +79,6 @@ from typing import Callable, Deque, Dict, List, NamedTuple, Optional, Sequence, 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.alerts import raise_alert
