@@ -144,13 +144,12 @@ def parse_command_line(argv: Sequence[str], prog: str, usage: str, summary: str,
     if "-h" in argv or "--help" in argv:
         print(help_text(prog, usage, summary, own, beam_options))
         raise SystemExit(0)
-    beam_parser = _parser(_beam_option_classes(argv) if beam_options else [])
-    everything = _parser(list(option_classes) + (_beam_option_classes(argv) if beam_options else []))
-    _, unknown = everything.parse_known_args(argv)
+    beam_classes = _beam_option_classes(argv) if beam_options else []
+    _, unknown = _parser(list(option_classes) + beam_classes).parse_known_args(argv)
     for arg in unknown:
         if arg.startswith("-"):
             name = arg.split("=", 1)[0]
-            hint = _did_you_mean(name, _long_names(own), _long_names(beam_parser))
+            hint = _did_you_mean(name, _long_names(own), _long_names(_parser(beam_classes)))
             raise UserError(f"unknown option {name}{hint}; see {prog} --help")
     if unknown:
         raise UserError(f"unexpected argument {unknown[0]!r}; options are written --name VALUE, see {prog} --help")

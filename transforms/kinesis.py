@@ -79,7 +79,6 @@ from typing import Callable, Deque, Dict, List, NamedTuple, Optional, Sequence, 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.alerts import raise_alert
@@ -272,9 +271,10 @@ def check_stream(destination: Destination, client=None, put_records: Optional[Pu
     except (BotoCoreError, ValueError, OSError, HTTPError) as e:  # no credentials, bad region, endpoint unreachable
         raise KinesisSetupError(f"{where}: {e}") from None
     if status != 200:
-        code, message = response_error(status, body)
-        if status == 403 or code in CREDENTIAL_ERRORS or code.startswith(("AccessDenied", "KMS", "ResourceNotFound")):
-            raise KinesisSetupError(_setup_problem(where, "PutRecords", code, message, status))
+        code, _ = response_error(status, body)
+        problem = describe_problem(code, "PutRecords", status)
+        if problem is not None:  # a configuration error; other answers teach nothing
+            raise KinesisSetupError(f"{where}: {problem}")
 
 
 def _stream_listed(client, stream: str) -> bool:
