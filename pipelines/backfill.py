@@ -50,6 +50,9 @@ class BackfillOptions(PipelineOptions):
         parser.add_argument("--batch_size", type=int, default=131072, metavar="ROWS", help="rows per record batch")
         parser.add_argument("--join_buckets", type=int, default=None, metavar="N",
                             help="hash buckets of the event join (default: one per 32 MiB of input files)")
+        parser.add_argument("--join_threads", type=int, default=None, metavar="N",
+                            help="threads formatting a bucket of the event join (default: 1; "
+                                 "without --runner: one per core)")
 
 
 SUMMARY = "Export the profiles of a Parquet snapshot that qualify for the mapped audiences, as of one time."
@@ -87,7 +90,7 @@ def build(pipeline: beam.Pipeline, config: ExportConfig, options: PipelineOption
     as_of_ms = now_ms() if as_of_ms is None else as_of_ms
     selected, skipped = select_audiences(config, opts.audiences, bool(opts.events))
     export = ExportSnapshot(config, require(opts.snapshot, "--snapshot"), selected, as_of_ms, opts.events,
-                            batch_size=opts.batch_size, buckets=opts.join_buckets)
+                            batch_size=opts.batch_size, buckets=opts.join_buckets, threads=opts.join_threads or 1)
     check_output(config, output, job.overwrite)
     if skipped:
         print(f"backfill: skipping audiences whose rules need events (give --events): {', '.join(skipped)}",
@@ -103,11 +106,14 @@ def build(pipeline: beam.Pipeline, config: ExportConfig, options: PipelineOption
 
 def local_defaults(options: PipelineOptions, argv: Sequence[str]) -> None:
     """Without ``--runner``: the DirectRunner, one worker thread per core; with ``--events``
-    the BundleBasedDirectRunner (module docstring)."""
+    the BundleBasedDirectRunner, and one join thread per core (module docstring)."""
     if options.view_as(StandardOptions).runner:
         return
-    if options.view_as(BackfillOptions).events:
+    backfill = options.view_as(BackfillOptions)
+    if backfill.events:
         default_runner(options, "BundleBasedDirectRunner")
+        if backfill.join_threads is None:
+            backfill.join_threads = os.cpu_count() or 1
         return
     default_runner(options, "DirectRunner")
     if not any(a.startswith(("--direct_num_workers", "--direct_running_mode")) for a in argv):

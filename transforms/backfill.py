@@ -33,8 +33,10 @@ one DoFn, so record batches never cross a Beam boundary; with event rules, the b
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from functools import reduce
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
@@ -45,7 +47,7 @@ from transforms.arrow_text import concat as _concat, json_escaped, python_where 
 from transforms import progress
 from transforms.audiences import AudienceSet, compile_consent
 from transforms.config import ExportConfig
-from transforms.event_join import EventContributions, EventPlan, default_buckets, from_ipc, split_by_bucket
+from transforms.event_join import EventContributions, EventPlan, default_buckets, from_ipc, in_order, split_by_bucket
 from transforms.model import DeadLetter, ExportRecordBatch
 from transforms.record_format import MAX_PARTITION_KEY_CHARS, RecordFormatter, encode_json, export_id
 from transforms.snapshot import (DEAD_LETTER, RESERVED, ReadParquetRowGroups, check_files, drop_nulls,
@@ -295,7 +297,7 @@ def with_profile_ids(batch: pa.RecordBatch) -> pa.RecordBatch:
 
 
 class _ExportFn(beam.DoFn):
-    """What both backfill DoFns share: the exporter, built once per worker, and its metrics."""
+    """What both backfill DoFns share: the exporter, built once per worker thread, and its metrics."""
 
     def __init__(self, config: ExportConfig, selected: Sequence[str], as_of_ms: int, batch_size: int):
         self._config, self._selected, self._as_of_ms = config, list(selected), as_of_ms
@@ -305,15 +307,26 @@ class _ExportFn(beam.DoFn):
 
     def setup(self):
         self._audiences = AudienceSet.from_config(self._config)
-        self._exporter = SnapshotExporter(self._config, self._audiences, self._selected, self._as_of_ms)
         self._columns = snapshot_columns(self._config, self._audiences)
+        self._exporters = threading.local()
 
-    def _export(self, batch: pa.RecordBatch, event_aggregates=None):
-        self._profiles.inc(batch.num_rows)
-        progress.add(progress.PROFILES, batch.num_rows)
-        results, members = self._exporter.export(batch, event_aggregates)
-        if self._exporter.withheld:
-            Metrics.counter("backfill", "consent_withheld").inc(self._exporter.withheld)
+    def _exported(self, batch: pa.RecordBatch, event_aggregates=None) -> tuple:
+        """The batch evaluated and formatted: ``(rows, record batches, memberships, withheld)``.
+        Safe on any thread (one exporter per thread); metrics are the caller's (``_emit``)."""
+        exporter = getattr(self._exporters, "exporter", None)
+        if exporter is None:
+            exporter = self._exporters.exporter = SnapshotExporter(self._config, self._audiences, self._selected,
+                                                                   self._as_of_ms)
+        results, members = exporter.export(batch, event_aggregates)
+        return batch.num_rows, results, members, exporter.withheld
+
+    def _emit(self, exported: tuple):
+        """The records of ``_exported``, counted (on the DoFn's thread: Beam's metrics are per thread)."""
+        rows, results, members, withheld = exported
+        self._profiles.inc(rows)
+        progress.add(progress.PROFILES, rows)
+        if withheld:
+            Metrics.counter("backfill", "consent_withheld").inc(withheld)
         for records in results:
             self._records.inc(records.size)
             Metrics.counter("backfill", f"records_{records.policy_id}").inc(records.size)
@@ -334,7 +347,7 @@ class _ExportRowGroupFn(_ExportFn):
         path, row_group, _ = item
         try:
             for batch in read_row_group(path, row_group, self._columns, self._batch_size):
-                yield from self._export(with_profile_ids(batch))
+                yield from self._emit(self._exported(with_profile_ids(batch)))
         except (OSError, ValueError, pa.ArrowException) as e:
             yield _unreadable(path, row_group, e)
 
@@ -356,34 +369,54 @@ class _SnapshotPiecesFn(beam.DoFn):
 
 class _JoinBucketFn(_ExportFn):
     """One bucket: its events aggregated per profile, then its snapshot rows evaluated and
-    formatted ``batch_size`` rows at a time (``transforms.event_join``)."""
+    formatted in batches of ``batch_size / threads`` rows, ``threads`` batches at a time
+    (pyarrow kernels release the GIL), records in order (``transforms.event_join``)."""
+
+    def __init__(self, config: ExportConfig, selected: Sequence[str], as_of_ms: int, batch_size: int, threads: int):
+        super().__init__(config, selected, as_of_ms, batch_size)
+        self._threads = threads
 
     def setup(self):
         super().setup()
         self._plan = EventPlan(self._audiences.rules.values(), self._as_of_ms,
                                self._config.evaluation.max_events_per_profile)
+        self._pool = ThreadPoolExecutor(self._threads) if self._threads > 1 else None
+
+    def teardown(self):
+        if self._pool is not None:
+            self._pool.shutdown()
 
     def process(self, element):
         _, sides = element
         aggregates = self._plan.aggregate([from_ipc(blob) for blob in sides["events"]])
-        pending, rows = [], 0
-        for blob in sides["snapshot"]:
-            piece = from_ipc(blob)
-            if pending and piece.schema != pending[0].schema:
-                yield from self._flush(pending, aggregates)
+
+        def export(pieces: List[bytes]):
+            table = pa.concat_tables([from_ipc(blob) for blob in pieces]).combine_chunks()
+            return [self._exported(batch, self._plan.lookup(aggregates, batch.column("profileId")))
+                    for batch in table.to_batches()]
+
+        for exported in in_order(export, self._batches(sides["snapshot"]), self._pool, self._threads):
+            for one in exported:
+                yield from self._emit(one)
+
+    def _batches(self, blobs: Iterable[bytes]) -> Iterator[List[bytes]]:
+        """The snapshot pieces grouped into batches of ``batch_size / threads`` rows or more
+        of one schema (row counts read from the IPC streams, without a copy)."""
+        rows_per_batch = max(1, self._batch_size // self._threads)
+        pending, schema, rows = [], None, 0
+        for blob in blobs:
+            reader = pa.ipc.open_stream(blob)
+            if pending and reader.schema != schema:
+                yield pending
                 pending, rows = [], 0
-            pending.append(piece)
-            rows += piece.num_rows
-            if rows >= self._batch_size:
-                yield from self._flush(pending, aggregates)
+            pending.append(blob)
+            schema = reader.schema
+            rows += sum(batch.num_rows for batch in reader)
+            if rows >= rows_per_batch:
+                yield pending
                 pending, rows = [], 0
         if pending:
-            yield from self._flush(pending, aggregates)
-
-    def _flush(self, pieces: List[pa.Table], aggregates):
-        table = pa.concat_tables(pieces).combine_chunks()
-        for batch in table.to_batches():
-            yield from self._export(batch, self._plan.lookup(aggregates, batch.column("profileId")))
+            yield pending
 
 
 class ExportSnapshot(beam.PTransform):
@@ -397,11 +430,12 @@ class ExportSnapshot(beam.PTransform):
     starts); files and row groups are expanded by the workers."""
 
     def __init__(self, config: ExportConfig, snapshot: str, selected: Sequence[str], as_of_ms: int,
-                 events: Optional[str] = None, batch_size: int = 131072, buckets: Optional[int] = None):
+                 events: Optional[str] = None, batch_size: int = 131072, buckets: Optional[int] = None,
+                 threads: int = 1):
         super().__init__()
         check_files(snapshot, "--snapshot")
         self._config, self._snapshot, self._selected, self._as_of_ms = config, snapshot, list(selected), as_of_ms
-        self._batch_size = batch_size
+        self._batch_size, self._threads = batch_size, threads
         audiences = AudienceSet.from_config(config)
         self._events = events if events and any(r.uses_events for r in audiences.rules.values()) else None
         self._columns = snapshot_columns(config, audiences)
@@ -425,6 +459,6 @@ class ExportSnapshot(beam.PTransform):
                 self._columns, self._buckets, self._batch_size)), "pieces")
             joined = ({"snapshot": pieces["pieces"], "events": events["pieces"]}
                       | "JoinByBucket" >> beam.CoGroupByKey())
-            records = joined | "EvaluateAndFormat" >> beam.ParDo(_JoinBucketFn(*args))
+            records = joined | "EvaluateAndFormat" >> beam.ParDo(_JoinBucketFn(*args, self._threads))
             dead += [events[DEAD_LETTER], pieces[DEAD_LETTER]]
         return {"records": records, DEAD_LETTER: tuple(dead) | "DeadLetters" >> beam.Flatten()}

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections import deque
+from concurrent.futures import Executor
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -123,6 +125,20 @@ def split_by_bucket(data: pa.RecordBatch, buckets: int) -> Iterator[Tuple[int, b
     for bucket in np.flatnonzero(counts):
         yield int(bucket), to_ipc(grouped.slice(start, int(counts[bucket])))
         start += int(counts[bucket])
+
+
+def in_order(fn, items: Iterable, pool: Optional[Executor], ahead: int) -> Iterator:
+    """``fn`` of each item, in order; with a pool, up to ``ahead`` items computed at once."""
+    if pool is None:
+        yield from map(fn, items)
+        return
+    pending = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 class EventPlan:
@@ -220,9 +236,9 @@ class EventPlan:
             return None
         table = pa.concat_tables(tables)
         sums = [(name, "sum") for name in self.names]
-        agg = table.group_by("profileId", use_threads=False).aggregate([("timestamp", "count")] + sums)
+        agg = table.group_by("profileId", use_threads=True).aggregate([("timestamp", "count")] + sums)
         if pc.max(agg.column("timestamp_count")).as_py() > self.max_events:
-            agg = self._newest(table).group_by("profileId", use_threads=False).aggregate(sums)
+            agg = self._newest(table).group_by("profileId", use_threads=True).aggregate(sums)
         return pa.table([agg.column("profileId")] + [agg.column(name + "_sum") for name in self.names],
                         names=["profileId"] + self.names)
 
