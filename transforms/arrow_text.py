@@ -28,7 +28,10 @@ def python_where(values: pa.Array, mask: pa.Array, fn) -> Optional[pa.Array]:
 def json_escaped(values: pa.Array) -> pa.Array:
     """The JSON text between the quotes of string values (``json`` escaping with
     ensure_ascii=False). Only the values holding a quote, backslash or control character are
-    touched; control characters (rare) are escaped by ``json`` itself."""
+    touched; control characters (rare) are escaped by ``json`` itself. Text without any such
+    byte (the common case) is returned as it is after one scan of its bytes."""
+    if not _may_need_escaping(values):
+        return values
     special = pc.fill_null(pc.match_substring_regex(values, _SPECIAL), False)
     if not pc.any(special).as_py():
         return values
@@ -41,10 +44,26 @@ def json_escaped(values: pa.Array) -> pa.Array:
     return pc.replace_with_mask(values, special, fixed)
 
 
-def joined_bytes(lines: pa.Array) -> bytes:
-    """The values of a string/binary array back to back, as one bytes object (no per-value copy)."""
+def _may_need_escaping(values: pa.Array) -> bool:
+    """Whether the bytes of a string array (nulls' bytes included) hold a quote, backslash
+    or control character: three vectorized compares over the bytes, ~10x faster than a regex
+    per value."""
+    if not isinstance(values, pa.Array) or values.type not in (pa.string(), pa.large_string()):
+        return True
+    data = values.buffers()[2]
+    if data is None or len(values) == 0:
+        return False
+    offsets = np.frombuffer(values.buffers()[1], np.int32 if values.type == pa.string() else np.int64)
+    start, end = offsets[values.offset], offsets[values.offset + len(values)]
+    text = np.frombuffer(data, np.uint8, end - start, start)
+    return bool(np.count_nonzero(text < 0x20) or np.count_nonzero(text == ord('"')) or np.count_nonzero(text == ord("\\")))
+
+
+def joined_bytes(lines: pa.Array) -> memoryview:
+    """The values of a string/binary array back to back, as one bytes-like view of the array's
+    data (no copy at all: files take it as they take bytes)."""
     if len(lines) == 0:
-        return b""
+        return memoryview(b"")
     o = np.frombuffer(lines.buffers()[1], dtype=np.int32)
     start, end = o[lines.offset], o[lines.offset + len(lines)]
-    return lines.buffers()[2][start:end].to_pybytes()
+    return memoryview(lines.buffers()[2].slice(start, end - start)).cast("B")

@@ -24,7 +24,7 @@ from transforms.model import ExportRecordBatch
 _FLUSH_RECORDS = 1024
 
 
-def record_lines(partition_keys: pa.Array, data_parts: Sequence[object]) -> bytes:
+def record_lines(partition_keys: pa.Array, data_parts: Sequence[object]) -> memoryview:
     """The lines of records whose data is the concatenation of ``data_parts`` (string or
     binary arrays and constants), keys escaped as the records are (``ensure_ascii=False``)."""
     lines = concat('{"partitionKey":"', json_escaped(partition_keys), '","data":', *data_parts, "}\n")
