@@ -454,7 +454,7 @@ class ExportSnapshot(beam.PTransform):
             dead.append(out[DEAD_LETTER])
         else:
             events = pbegin | "EventContributions" >> EventContributions(
-                self._config, self._events, self._as_of_ms, self._buckets, self._batch_size)
+                self._config, self._events, self._as_of_ms, self._buckets, self._batch_size, self._threads)
             pieces = split_dead_letters(work | "SnapshotPieces" >> beam.ParDo(_SnapshotPiecesFn(
                 self._columns, self._buckets, self._batch_size)), "pieces")
             joined = ({"snapshot": pieces["pieces"], "events": events["pieces"]}

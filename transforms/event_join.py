@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import math
 from collections import deque
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -277,36 +277,49 @@ def _numbers_at(events: pa.RecordBatch, path: Tuple[str, ...]) -> pa.Array:
 
 class _EventContributionsFn(beam.DoFn):
     """An events work item (Parquet row group, or a whole JSONL file) -> ``(bucket, IPC blob)``
-    contributions; bad rows and unreadable files as ``DeadLetter`` elements."""
+    contributions; bad rows and unreadable files as ``DeadLetter`` elements. A row group's
+    batches are turned into pieces ``threads`` at a time (pyarrow kernels release the GIL)."""
 
-    def __init__(self, plan_args: tuple, buckets: int, batch_size: int):
-        self._plan_args, self._buckets, self._batch_size = plan_args, buckets, batch_size
+    def __init__(self, plan_args: tuple, buckets: int, batch_size: int, threads: int = 1):
+        self._plan_args, self._buckets, self._batch_size, self._threads = plan_args, buckets, batch_size, threads
         self._read = Metrics.counter("backfill", "events_read")
 
     def setup(self):
         config, as_of_ms = self._plan_args
         self._plan = EventPlan(AudienceSet.from_config(config).rules.values(), as_of_ms,
                                config.evaluation.max_events_per_profile)
+        self._pool = ThreadPoolExecutor(self._threads) if self._threads > 1 else None
+
+    def teardown(self):
+        if self._pool is not None:
+            self._pool.shutdown()
 
     def process(self, item):
         path, row_group, first = item
         try:
             if row_group is None:
-                chunks = self._json_chunks(path)
+                chunks = map(self._pieces, self._json_chunks(path))
             else:
-                chunks = self._parquet_chunks(path, row_group, first)
-            for table, dead in chunks:
-                self._read.inc(table.num_rows + len(dead))
+                chunks = in_order(lambda batch: self._pieces(self._plan.contributions(*batch)),
+                                  self._parquet_batches(path, row_group, first), self._pool, self._threads)
+            for read, dead, pieces in chunks:
+                self._read.inc(read)
                 yield from dead
-                for batch in table.to_batches():
-                    yield from split_by_bucket(batch, self._buckets)
+                yield from pieces
         except (OSError, ValueError, pa.ArrowException) as e:
             where = "" if row_group is None else f"row group {row_group}"
             yield DeadLetter(f"--events: cannot read: {e}", path, where or None, "")
 
-    def _parquet_chunks(self, path, row_group, first):
+    def _pieces(self, chunk: Tuple[pa.Table, List[DeadLetter]]) -> Tuple[int, List[DeadLetter], list]:
+        """Contributions and their dead letters -> (events read, dead letters, pieces)."""
+        table, dead = chunk
+        return (table.num_rows + len(dead), dead,
+                [piece for batch in table.to_batches() for piece in split_by_bucket(batch, self._buckets)])
+
+    def _parquet_batches(self, path, row_group, first):
+        """``(batch, path, first row)`` of the row group's batches."""
         for batch in read_row_group(path, row_group, self._plan.columns, self._batch_size):
-            yield self._plan.contributions(batch, path, first)
+            yield batch, path, first
             first += batch.num_rows
 
     def _json_chunks(self, path):
@@ -337,9 +350,9 @@ class EventContributions(beam.PTransform):
     files and row groups expanded by the workers, each read with the columns the event
     conditions need."""
 
-    def __init__(self, config, pattern: str, as_of_ms: int, buckets: int, batch_size: int):
+    def __init__(self, config, pattern: str, as_of_ms: int, buckets: int, batch_size: int, threads: int = 1):
         super().__init__()
-        self._fn = _EventContributionsFn((config, as_of_ms), buckets, batch_size)
+        self._fn = _EventContributionsFn((config, as_of_ms), buckets, batch_size, threads)
         self._pattern = pattern
 
     def expand(self, pbegin):
