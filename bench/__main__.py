@@ -192,7 +192,8 @@ def document(results: dict, quick: bool, seconds: float) -> str:
         "`xEvent[eventType = \"commerce.purchases\"].sum(commerce.order.priceTotal) > 1000.005`; DuckDB aggregates the events up to "
         "`--as_of` per profile, joins them to the snapshot and writes the same JSON records. The launcher reads "
         f"no event: workers compute per-event contributions, the bucket join brings them to their profiles "
-        f"(`transforms/event_join.py`). Same set of records: **{ev['same_records']}** ({fmt(ev['records'])} records); "
+        f"(`transforms/event_join.py`), both steps on a thread per core (`--join_threads`: the local runner "
+        f"runs one step at a time on one thread). Same set of records: **{ev['same_records']}** ({fmt(ev['records'])} records); "
         f"peak RSS {fmt(ev['peak_rss_mb'])} MiB (DuckDB {fmt(ev['duckdb_peak_rss_mb'])} MiB).",
     ]
     lines += [

@@ -142,7 +142,7 @@ def test_property_backfill_and_streaming_agree_on_event_audiences(seed, max_even
 def test_pipeline_joins_events_from_files_and_dead_letters_bad_rows(tmp_path):
     """ExportSnapshot on the DirectRunner: two event files (Parquet and JSONL), a bad row in
     each, several buckets; the records are those of the per-batch exporter with the streaming
-    evaluator's memberships."""
+    evaluator's memberships, on one thread and on three (batches of 33 rows, three at a time)."""
     rnd = random.Random(9)
     rows, events = random_case(rnd, 400)
     cfg = config(3)
@@ -176,8 +176,28 @@ def test_pipeline_joins_events_from_files_and_dead_letters_bad_rows(tmp_path):
                                  events=str(tmp_path / "events-*"), batch_size=100, buckets=5)
         assert_that(out["records"] | beam.FlatMap(lambda b: b.records())
                     | beam.Map(lambda r: (r.partition_key, json.loads(r.data))), equal_to(expected), label="Records")
+        threaded = p | "Threaded" >> ExportSnapshot(cfg, str(tmp_path / "snap.parquet"), selected, NOW,
+                                                    events=str(tmp_path / "events-*"), batch_size=100, buckets=5,
+                                                    threads=3)
+        assert_that(threaded["records"] | "ThreadedRecords" >> beam.FlatMap(lambda b: b.records())
+                    | "ThreadedParsed" >> beam.Map(lambda r: (r.partition_key, json.loads(r.data))), equal_to(expected),
+                    label="RecordsOnThreads")
         assert_that(out["dead_letter"] | beam.Map(lambda d: (d.reason, d.source.rsplit("/", 1)[-1], d.position)),
                     equal_to([("--events: no 'profileId'", "events-1.parquet", f"row {half + 1}"),
                               ("--events: no readable 'timestamp'", "events-2.jsonl", f"line {len(flat) - half + 1}"),
                               ("--events: not valid JSON", "events-2.jsonl", f"line {len(flat) - half + 2}")]),
                     label="DeadLetters")
+
+
+def test_in_order_yields_results_in_item_order_whatever_finishes_first():
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    from transforms.event_join import in_order
+
+    def slow_first(x):
+        time.sleep(0.02 if x % 3 == 0 else 0)
+        return x * x
+    with ThreadPoolExecutor(3) as pool:
+        for ahead in (1, 2, 3, 5):
+            assert list(in_order(slow_first, range(10), pool, ahead)) == [x * x for x in range(10)]
+    assert list(in_order(slow_first, iter(range(4)), None, 3)) == [0, 1, 4, 9]

@@ -425,7 +425,8 @@ class ExportSnapshot(beam.PTransform):
     both sinks take record batches.
 
     Attribute rules only: one fused step per row group (read with projected columns, evaluate,
-    format). With event rules and ``events``: the bucket join of ``transforms.event_join``.
+    format). With event rules and ``events``: the bucket join of ``transforms.event_join``, its
+    contributions and formatting on ``threads`` threads per DoFn.
     The launcher lists each glob once and opens its first file (one-line errors before the job
     starts); files and row groups are expanded by the workers."""
 

@@ -23,7 +23,13 @@ given):
    rows look their profile up (``index_in``) and the rules read the aggregates instead of the
    events; rows without events get the rule's result over no events.
 
-Memory: a bucket holds its share of the contributions and one output batch of snapshot rows;
+Threads (``ExportSnapshot(threads=N)``, ``--join_threads``): a row group's event batches
+become pieces, and a bucket's snapshot rows are formatted in batches of ``batch_size / N``
+rows, N at a time on a thread pool (the work is pyarrow kernels, which release the GIL); results
+are taken in order and Beam's metrics counted on the DoFn's own thread. For runners that run
+one DoFn at a time on one thread (the BundleBasedDirectRunner); 1 elsewhere.
+
+Memory: a bucket holds its share of the contributions and N output batches of snapshot rows;
 the number of buckets grows with the inputs' size (``default_buckets``: one per 32 MiB of
 input files, from the listing), so a worker's memory does not grow with the number of events.
 
