@@ -55,8 +55,8 @@ class BackfillOptions(PipelineOptions):
         parser.add_argument("--join_buckets", type=int, default=None, metavar="N",
                             help="hash buckets of the event join (default: one per 32 MiB of input files)")
         parser.add_argument("--join_threads", type=int, default=None, metavar="N",
-                            help="threads formatting a bucket of the event join (default: 1; "
-                                 "without --runner: one per core)")
+                            help="threads of each event join step (events to contributions, a bucket's "
+                                 "formatting; default: 1, without --runner: one per core)")
 
 
 SUMMARY = "Export the profiles of a Parquet snapshot that qualify for the mapped audiences, as of one time."

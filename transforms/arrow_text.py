@@ -56,7 +56,8 @@ def _may_need_escaping(values: pa.Array) -> bool:
     offsets = np.frombuffer(values.buffers()[1], np.int32 if values.type == pa.string() else np.int64)
     start, end = offsets[values.offset], offsets[values.offset + len(values)]
     text = np.frombuffer(data, np.uint8, end - start, start)
-    return bool(np.count_nonzero(text < 0x20) or np.count_nonzero(text == ord('"')) or np.count_nonzero(text == ord("\\")))
+    return bool(np.count_nonzero(text < 0x20) or np.count_nonzero(text == ord('"'))
+                or np.count_nonzero(text == ord("\\")))
 
 
 def joined_bytes(lines: pa.Array) -> memoryview:

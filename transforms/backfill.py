@@ -389,34 +389,42 @@ class _JoinBucketFn(_ExportFn):
     def process(self, element):
         _, sides = element
         aggregates = self._plan.aggregate([from_ipc(blob) for blob in sides["events"]])
+        # each snapshot row's aggregates, looked up once per bucket (reading ids from IPC copies nothing)
+        ids = [chunk for blob in sides["snapshot"] for chunk in from_ipc(blob).column("profileId").chunks]
+        per_row = self._plan.lookup(aggregates, pa.chunked_array(ids, pa.string()).combine_chunks())
 
-        def export(pieces: List[bytes]):
-            table = pa.concat_tables([from_ipc(blob) for blob in pieces]).combine_chunks()
-            return [self._exported(batch, self._plan.lookup(aggregates, batch.column("profileId")))
-                    for batch in table.to_batches()]
+        def export(work: Tuple[List[bytes], int]):
+            pieces, first = work
+            exported = []
+            for batch in pa.concat_tables([from_ipc(blob) for blob in pieces]).combine_chunks().to_batches():
+                rows = None if per_row is None else {n: a.slice(first, batch.num_rows) for n, a in per_row.items()}
+                exported.append(self._exported(batch, rows))
+                first += batch.num_rows
+            return exported
 
         for exported in in_order(export, self._batches(sides["snapshot"]), self._pool, self._threads):
             for one in exported:
                 yield from self._emit(one)
 
-    def _batches(self, blobs: Iterable[bytes]) -> Iterator[List[bytes]]:
+    def _batches(self, blobs: Iterable[bytes]) -> Iterator[Tuple[List[bytes], int]]:
         """The snapshot pieces grouped into batches of ``batch_size / threads`` rows or more
-        of one schema (row counts read from the IPC streams, without a copy)."""
+        of one schema (row counts read from the IPC streams, without a copy), with the
+        position of each batch's first row in the bucket."""
         rows_per_batch = max(1, self._batch_size // self._threads)
-        pending, schema, rows = [], None, 0
+        pending, schema, rows, first = [], None, 0, 0
         for blob in blobs:
             reader = pa.ipc.open_stream(blob)
             if pending and reader.schema != schema:
-                yield pending
-                pending, rows = [], 0
+                yield pending, first
+                pending, first, rows = [], first + rows, 0
             pending.append(blob)
             schema = reader.schema
             rows += sum(batch.num_rows for batch in reader)
             if rows >= rows_per_batch:
-                yield pending
-                pending, rows = [], 0
+                yield pending, first
+                pending, first, rows = [], first + rows, 0
         if pending:
-            yield pending
+            yield pending, first
 
 
 class ExportSnapshot(beam.PTransform):

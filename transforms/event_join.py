@@ -20,8 +20,8 @@ given):
 3. Per bucket, contributions are summed per profile (Arrow ``group_by``). Where a profile has
    more events than ``evaluation.max_events_per_profile``, only its newest ones count (sorted
    by profile and time, ranked by offsets), as the streaming job keeps them. The snapshot's
-   rows look their profile up (``index_in``) and the rules read the aggregates instead of the
-   events; rows without events get the rule's result over no events.
+   rows look their profile up (``index_in``, once per bucket) and the rules read the
+   aggregates instead of the events; rows without events get the rule's result over no events.
 
 Threads (``ExportSnapshot(threads=N)``, ``--join_threads``): a row group's event batches
 become pieces, and a bucket's snapshot rows are formatted in batches of ``batch_size / N``
@@ -242,9 +242,9 @@ class EventPlan:
             return None
         table = pa.concat_tables(tables)
         sums = [(name, "sum") for name in self.names]
-        agg = table.group_by("profileId", use_threads=True).aggregate([("timestamp", "count")] + sums)
+        agg = table.group_by("profileId", use_threads=False).aggregate([("timestamp", "count")] + sums)
         if pc.max(agg.column("timestamp_count")).as_py() > self.max_events:
-            agg = self._newest(table).group_by("profileId", use_threads=True).aggregate(sums)
+            agg = self._newest(table).group_by("profileId", use_threads=False).aggregate(sums)
         return pa.table([agg.column("profileId")] + [agg.column(name + "_sum") for name in self.names],
                         names=["profileId"] + self.names)
 
