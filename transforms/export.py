@@ -305,9 +305,12 @@ class _ExportProfileChangesFn(beam.DoFn):
 
     def start_bundle(self):
         self._counts = collections.Counter()  # counted here, reported once per bundle
+        self._updates = 0
 
     def finish_bundle(self):
         self._counts.update(self._exporter.counts)
+        if self._updates:
+            self._counts["updates"] += self._updates
         self._exporter.counts.clear()
         for name, n in self._counts.items():
             Metrics.counter("export", name).inc(n)
@@ -319,7 +322,7 @@ class _ExportProfileChangesFn(beam.DoFn):
 
     def _on_update(self, element, profile, time_change, seeds):
         key, update = element
-        self._counts["updates"] += 1
+        self._updates += 1
         self._evaluated.inc()
         state = profile.read()
         if state is None:
