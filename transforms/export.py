@@ -75,11 +75,9 @@ class ProfileStateCoder(coders.Coder):
     saved the decode but kept thousands of live objects per worker: the garbage collector's
     passes over them cost more than the decodes, ~10% of the export's CPU.)"""
 
-    def encode(self, value: ProfileState) -> bytes:
-        return profile_state.encode(value)
-
-    def decode(self, encoded: bytes) -> ProfileState:
-        return profile_state.decode(encoded)
+    # the functions themselves, not methods calling them: one Python frame less per read and write
+    encode = staticmethod(profile_state.encode)
+    decode = staticmethod(profile_state.decode)
 
     def is_deterministic(self) -> bool:
         return False
