@@ -12,7 +12,10 @@ the split ``us_per_update`` is in CPU µs too. ``pure_updates_per_s`` is the per
 keeps them; CPU time), the ceiling the DoFn can approach;
 ``us_per_update`` splits an update's time between the source, the runner's keyed state
 (bare DoFn minus source), that logic, and the rest (timers, outputs, metrics);
-``us_timer_parameter`` is what declaring an event-time timer alone costs the bare DoFn.
+``us_timer_parameter`` is what declaring an event-time timer alone costs the bare DoFn;
+``us_garbage_collector`` the CPU the collector's passes took per update in the bare DoFn's run
+and in the export's (``gc.callbacks``), a large share of both on this runner, which holds each
+step's whole input in memory.
 
 ``--variant consent`` also runs, alternating with the others, the same export with
 ``activation.consent`` on (a consent attribute written by one update in twenty, so profiles opt
