@@ -137,6 +137,7 @@ def _run(build) -> Tuple[float, float, float, Any]:
     garbage collector's passes took in it, and its result."""
     p = beam.Pipeline(options=PipelineOptions(runner="BundleBasedDirectRunner"))
     build(p)
+    gc.collect()   # the runs before leave garbage of their own: not this run's to collect
     collector = _CollectorTime()
     gc.callbacks.append(collector)
     try:
