@@ -12,6 +12,13 @@ start-up of worker processes (``multi_processing``) or copying blobs between the
 BundleBasedDirectRunner is faster only for keyed state, which a backfill has none of. Given
 ``--direct_num_workers`` or ``--direct_running_mode`` are kept as they are.
 
+Locally the work runs in this process, so the launcher also picks its Arrow allocator
+(``local_allocator``): jemalloc keeping freed pages for 10 s. The default pool (mimalloc) hands
+freed pages back to the OS within milliseconds, and the next batch faults fresh ones in, each
+zeroed by the kernel: with events that was ~1 s of system time in a ~7 s run (measured: 1.3-1.7 s
+against 2.3-2.8 s of system time, 5.6-6.0 s against 6.1-6.7 s wall); without events it is
+neutral.
+
 With ``--events`` the local default is the BundleBasedDirectRunner instead: the event join
 shuffles Arrow blobs of a few MiB through ``CoGroupByKey``, which the FnApiRunner copies several
 times (measured: 650 MiB of blobs took 20 s and 3.3 GiB in ``in_memory`` mode, 4.7 s and
@@ -29,6 +36,7 @@ import sys
 from typing import List, Optional, Sequence, Tuple
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from pipelines.common import (KINESIS, ConfigOptions, ExportJobOptions, ProgressOptions, check_output, cli_main,
@@ -110,9 +118,11 @@ def build(pipeline: beam.Pipeline, config: ExportConfig, options: PipelineOption
 
 def local_defaults(options: PipelineOptions, argv: Sequence[str]) -> None:
     """Without ``--runner``: the DirectRunner, one worker thread per core; with ``--events``
-    the BundleBasedDirectRunner, and one join thread per core (module docstring)."""
+    the BundleBasedDirectRunner, and one join thread per core; and the local allocator (module
+    docstring)."""
     if options.view_as(StandardOptions).runner:
         return
+    local_allocator()
     backfill = options.view_as(BackfillOptions)
     if backfill.events:
         default_runner(options, "BundleBasedDirectRunner")
@@ -124,6 +134,14 @@ def local_defaults(options: PipelineOptions, argv: Sequence[str]) -> None:
         direct = options.view_as(DirectOptions)
         direct.direct_num_workers = os.cpu_count() or 1
         direct.direct_running_mode = "multi_threading"
+
+
+def local_allocator(retain_ms: int = 10_000) -> None:
+    """Arrow's jemalloc pool, keeping freed pages ``retain_ms`` for the next batches, as this
+    process's default pool (module docstring); nothing changes where jemalloc is not built in."""
+    if "jemalloc" in pa.supported_memory_backends():
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+        pa.jemalloc_set_decay_ms(retain_ms)
 
 
 def run(argv: Sequence[str]) -> int:
