@@ -355,6 +355,51 @@ def test_cut_no_lower_than_what_the_stream_took():
     assert sender._delivery_window() == 0.0      # measured over too short a time
 
 
+def test_a_later_reply_of_the_same_round_trip_cuts_by_its_larger_share():
+    """The first throttled reply of a round trip cuts; the replies to requests already in flight
+    then do not cut again, unless they found more of the stream throttled (a slow start that
+    ran into the end of the stream's burst): then the cut is by the larger share."""
+    sender = fake_sender(FakeKinesis(), max_in_flight=8)
+    sender.window = 4000
+    sender._throttled(epoch=0, fraction=0.1)
+    assert sender.window == pytest.approx(3600)
+    sender._throttled(epoch=0, fraction=0.6)     # sent before the cut, more of it throttled
+    assert sender.window == pytest.approx(1600)
+    sender._throttled(epoch=0, fraction=0.3)     # less: no further cut
+    sender._throttled(epoch=0, fraction=1.0)     # all of it: a quarter of the window before the cut
+    assert sender.window == pytest.approx(1000)
+    sender._throttled(epoch=1, fraction=0.5)     # the next round trip cuts from there
+    assert sender.window == pytest.approx(500)
+
+
+def test_a_few_throttled_records_cut_by_their_share_of_a_full_request():
+    """At the end of a bundle the last requests carry a few records, often retries on the shards
+    that just throttled them: all of them throttled is no sign that the stream takes nothing."""
+    fake = FakeKinesis([("fail", {i: "ProvisionedThroughputExceededException" for i in range(20)})])
+    sender = fake_sender(fake, max_in_flight=8)
+    sender.window, sender._slow_start, sender._srtt = 2000, False, 0.03
+    for i in range(20):
+        sender.add(f"k{i}", b"{}")
+    report = sender.flush()
+    assert report.sent == 20 and report.throttled == 1
+    assert sender.window == pytest.approx(2000 * (1 - 20 / 500))   # and the retry, the last records, does not grow it
+
+
+def test_replies_to_the_last_records_do_not_grow_the_window():
+    """Requests that took all there was to send (the end of a bundle, a trickle of records)
+    say nothing of how much more the stream would take: the window grows only on replies to
+    requests that left records behind."""
+    sender = fake_sender(FakeKinesis(), max_in_flight=8)
+    for i in range(100):
+        sender.add(f"k{i}", b"{}")
+    sender.flush()
+    assert sender.window == 500                  # one request took them all
+    for i in range(600):
+        sender.add(f"k{i}", b"{}")
+    sender.flush()
+    assert sender.window == 1000                 # the first one left 100 behind: slow start doubles
+
+
 def test_throttled_replies_cut_once_per_round_trip():
     sender = fake_sender(FakeKinesis())
     sender.window = 4000
