@@ -17,7 +17,9 @@
   buckets): (delivered - S x 1,000) / wall time. Goal: 0.9 or more of S x 1,000 records/s,
   per-key order kept on what arrived, nothing lost, 10 µs client CPU per record or less.
 
-Client CPU is this process's CPU time (all its threads) over the records sent; the endpoints run
+Client CPU is this process's CPU time (all its threads) over the records sent, with what the
+process held before timing (modules, prepared records) frozen out of Python's full garbage
+collections (``gc.freeze``), which would scan it at random moments; the endpoints run
 in their own processes (the shard endpoint's CPU per record is reported too: on a machine of
 two cores it competes with the client).
 """
