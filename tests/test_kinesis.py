@@ -355,10 +355,10 @@ def test_cut_no_lower_than_what_the_stream_took():
     assert sender._delivery_window() == 0.0      # measured over too short a time
 
 
-def test_a_later_reply_of_the_same_round_trip_cuts_by_its_larger_share():
+def test_slow_starts_last_round_trip_cuts_by_its_largest_share():
     """The first throttled reply of a round trip cuts; the replies to requests already in flight
-    then do not cut again, unless they found more of the stream throttled (a slow start that
-    ran into the end of the stream's burst): then the cut is by the larger share."""
+    then do not cut again, except at the end of slow start (it ran into the end of the stream's
+    burst with a round trip of requests in flight): those cut by a larger share."""
     sender = fake_sender(FakeKinesis(), max_in_flight=8)
     sender.window = 4000
     sender._throttled(epoch=0, fraction=0.1)
@@ -369,6 +369,8 @@ def test_a_later_reply_of_the_same_round_trip_cuts_by_its_larger_share():
     sender._throttled(epoch=0, fraction=1.0)     # all of it: a quarter of the window before the cut
     assert sender.window == pytest.approx(1000)
     sender._throttled(epoch=1, fraction=0.5)     # the next round trip cuts from there
+    assert sender.window == pytest.approx(500)
+    sender._throttled(epoch=1, fraction=0.9)     # and its later replies don't cut again
     assert sender.window == pytest.approx(500)
 
 

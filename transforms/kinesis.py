@@ -31,18 +31,19 @@ don't all do:
 - adapts: requests are paced at a window of records per measured round trip, so a slow
   stream gets full requests further apart rather than small ones every round trip (a request's
   cost is mostly per request). From one full request the window doubles per round trip until
-  the first throttling (TCP's slow start). Then, once per round trip (replies to requests sent
-  before the last cut only cut further when more of them was throttled), a request refused
-  whole halves it and records throttled in a request cut it by their share (as DCTCP; a
-  request smaller than a full one or the window counts as that: a few retries all throttled at
-  the end of a bundle are a small sample), at most to a quarter and no lower than 0.9 of what the stream took per round trip
-  lately; while requests are accepted whole it climbs back by half the distance to where the
-  cuts began (capped at 1.25 of what the stream took) per round trip, then by ``WINDOW_STEP``
-  (BIC-TCP's binary search). Replies to requests that took the last records there were (the
-  end of a bundle) don't grow it: they show nothing of what more the stream would take. A
-  stream of 64 shards needs a window of thousands of records: halving on a few throttled
-  records, growing by a constant step, or cutting on every bundle's last retries left it half
-  used for hundreds of round trips;
+  the first throttling (TCP's slow start; the requests then in flight cut it by the largest
+  share of them throttled). Then, once per round trip (replies to requests sent before the
+  last cut don't cut again), a request refused whole halves it and records throttled in a
+  request cut it by their share (as DCTCP; a request smaller than a full one or the window
+  counts as that: a few retries all throttled at the end of a bundle are a small sample), at
+  most to a quarter and no lower than 0.9 of what the stream took per round trip lately; while
+  requests are accepted whole it climbs back by half the distance to where the cuts began
+  (capped at 1.25 of what the stream took) per round trip, then by ``WINDOW_STEP`` (BIC-TCP's
+  binary search). Replies to requests that took the last records there were (the end of a
+  bundle) don't grow it: they show nothing of what more the stream would take. A stream of 64
+  shards needs a window of thousands of records: halving on a few throttled records, growing
+  by a constant step, or cutting on every bundle's last retries left it half used for
+  hundreds of round trips;
 - bounded memory: past ``max_buffered_records`` / ``max_buffered_bytes`` held (queued, waiting
   for a retry or in flight), ``process`` waits for replies. Requests go out as soon as a full
   one is ready, once the oldest queued record is ``max_delay_ms`` old (checked on each element,
@@ -698,10 +699,11 @@ class RecordSender:
         self.window = min(self.max_window, grown)
 
     def _throttled(self, epoch: int, fraction: Optional[float] = None) -> None:
-        """Multiplicative decrease, once per round trip: replies to requests sent before the
-        last cut only cut further when their share is larger (then from the window before the
-        cut: a slow start that ran into the end of the stream's burst has a round trip of
-        requests in flight, most of them throttled). A request refused whole halves the window; records throttled
+        """Multiplicative decrease, once per round trip (replies to requests sent before the
+        last cut do not cut again, except those of slow start's last round trip that found more
+        throttled: a slow start that ran into the end of the stream's burst has a round trip of
+        requests in flight, most of them throttled, and they cut from the window before the
+        first cut by their share). A request refused whole halves the window; records throttled
         in an accepted request cut it by their share (what the stream took of a request is
         what it takes: 5 % over its shards' rate throttles about 5 % of the records, as DCTCP
         cuts by the share of marked packets), at most to a quarter, and no lower than 0.9 of
@@ -719,7 +721,7 @@ class RecordSender:
                 self._peak, self._cutting = min(self.window, 1.25 * delivery or self.window), True
             self._last_cut = (self.window, cut)
             self.window = max(MIN_WINDOW, self.window * cut, 0.9 * delivery)
-        elif epoch == self._epoch - 1 and cut < self._last_cut[1]:  # the same round trip, more of it throttled
+        elif epoch == 0 and self._epoch == 1 and cut < self._last_cut[1]:  # slow start's last round trip
             before, _ = self._last_cut
             self._last_cut = (before, cut)
             self.window = min(self.window, max(MIN_WINDOW, before * cut, 0.9 * self._delivery_window()))
