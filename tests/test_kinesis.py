@@ -342,15 +342,22 @@ def test_slow_start_doubles_until_the_first_throttling():
 
 def test_cut_no_lower_than_what_the_stream_took():
     """Over the last round trips (30 ms) the stream took 2,400 records in the 0.2 s after a
-    first reply, 360 per round trip: a cut stops at 0.9 of that, and the window climbs back to
-    1.25 of it at most."""
+    first reply, 360 per round trip: a cut stops at 0.9 of that (at the cut's share of it when
+    deeper: most records refused say the stream takes far less now), and the window climbs back
+    to 1.25 of it at most."""
     sender = fake_sender(FakeKinesis(), max_in_flight=8)
     sender._srtt = 0.03
     for i in range(9):
         sender._accepted(i * 0.025, 300)
     sender.window, sender._slow_start = 1000, False
-    sender._throttled(epoch=0, fraction=1.0)
-    assert (sender.window, sender._peak) == (pytest.approx(0.9 * 360), pytest.approx(1.25 * 360))
+    sender._throttled(epoch=0, fraction=0.75)
+    assert (sender.window, sender._peak) == (pytest.approx(250), pytest.approx(1.25 * 360))
+    sender.window = 350
+    sender._throttled(epoch=1, fraction=0.1)
+    assert sender.window == pytest.approx(0.9 * 360)
+    sender.window = 300
+    sender._throttled(epoch=2, fraction=0.5)
+    assert sender.window == pytest.approx(0.5 * 360)
     sender._accepted(1.0, 300)                   # the older replies leave the span
     assert sender._delivery_window() == 0.0      # measured over too short a time
 

@@ -36,7 +36,8 @@ don't all do:
   last cut don't cut again), a request refused whole halves it and records throttled in a
   request cut it by their share (as DCTCP; a request smaller than a full one or the window
   counts as that: a few retries all throttled at the end of a bundle are a small sample), at
-  most to a quarter and no lower than 0.9 of what the stream took per round trip lately; while
+  most to a quarter and no lower than 0.9 of what the stream took per round trip lately (the
+  cut's share of it when deeper); while
   requests are accepted whole it climbs back by half the distance to where the cuts began
   (capped at 1.25 of what the stream took) per round trip, then by ``WINDOW_STEP`` (BIC-TCP's
   binary search). Replies to requests that took the last records there were (the end of a
@@ -706,8 +707,10 @@ class RecordSender:
         first cut by their share). A request refused whole halves the window; records throttled
         in an accepted request cut it by their share (what the stream took of a request is
         what it takes: 5 % over its shards' rate throttles about 5 % of the records, as DCTCP
-        cuts by the share of marked packets), at most to a quarter, and no lower than 0.9 of
-        the stream's delivery per round trip. Halving on a few throttled records would leave a
+        cuts by the share of marked packets), at most to a quarter, and no lower than the
+        stream's delivery per round trip lately times 0.9, or times the cut when it is deeper
+        (that delivery may be the burst's: a stream refusing most records now takes far less).
+        Halving on a few throttled records would leave a
         stream of many shards half used for hundreds of round trips. The first cut of a run
         notes where it began (``_peak``, the target of ``_grow``), at most 1.25 of that
         delivery: a stream's one-second burst lets the window overshoot far before it throttles."""
@@ -720,11 +723,11 @@ class RecordSender:
             if not self._cutting:  # the first cut since a reply was accepted whole
                 self._peak, self._cutting = min(self.window, 1.25 * delivery or self.window), True
             self._last_cut = (self.window, cut)
-            self.window = max(MIN_WINDOW, self.window * cut, 0.9 * delivery)
+            self.window = max(MIN_WINDOW, self.window * cut, min(0.9, cut) * delivery)
         elif epoch == 0 and self._epoch == 1 and cut < self._last_cut[1]:  # slow start's last round trip
             before, _ = self._last_cut
             self._last_cut = (before, cut)
-            self.window = min(self.window, max(MIN_WINDOW, before * cut, 0.9 * self._delivery_window()))
+            self.window = min(self.window, max(MIN_WINDOW, before * cut, min(0.9, cut) * self._delivery_window()))
 
     def _delivery_window(self) -> float:
         """What the stream took per round trip lately (0 when not measured over at least half
