@@ -352,9 +352,9 @@ def test_cut_no_lower_than_what_the_stream_took():
     sender.window, sender._slow_start = 1000, False
     sender._throttled(epoch=0, fraction=0.75)
     assert (sender.window, sender._peak) == (pytest.approx(250), pytest.approx(1.25 * 360))
-    sender.window = 350
+    sender.window, sender._peak = 350, 1000      # a run of cuts that began far above
     sender._throttled(epoch=1, fraction=0.1)
-    assert sender.window == pytest.approx(0.9 * 360)
+    assert (sender.window, sender._peak) == (pytest.approx(0.9 * 360), pytest.approx(1.25 * 360))
     sender.window = 300
     sender._throttled(epoch=2, fraction=0.5)
     assert sender.window == pytest.approx(0.5 * 360)

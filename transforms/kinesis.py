@@ -712,8 +712,9 @@ class RecordSender:
         (that delivery may be the burst's: a stream refusing most records now takes far less).
         Halving on a few throttled records would leave a
         stream of many shards half used for hundreds of round trips. The first cut of a run
-        notes where it began (``_peak``, the target of ``_grow``), at most 1.25 of that
-        delivery: a stream's one-second burst lets the window overshoot far before it throttles."""
+        notes where it began (``_peak``, the target of ``_grow``), each cut keeps it at most
+        1.25 of that delivery: a stream's one-second burst lets the window overshoot far before
+        it throttles."""
         self._report.throttled += 1
         cut = 0.5 if fraction is None else max(0.25, 1.0 - fraction)
         if epoch == self._epoch:
@@ -721,7 +722,9 @@ class RecordSender:
             self._slow_start = False
             delivery = self._delivery_window()
             if not self._cutting:  # the first cut since a reply was accepted whole
-                self._peak, self._cutting = min(self.window, 1.25 * delivery or self.window), True
+                self._peak, self._cutting = self.window, True
+            if delivery:  # a run of cuts after a burst ends far below where it began
+                self._peak = min(self._peak, 1.25 * delivery)
             self._last_cut = (self.window, cut)
             self.window = max(MIN_WINDOW, self.window * cut, min(0.9, cut) * delivery)
         elif epoch == 0 and self._epoch == 1 and cut < self._last_cut[1]:  # slow start's last round trip
