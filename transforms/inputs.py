@@ -198,21 +198,15 @@ def read_updates_file(path: str) -> Iterator[Union[ProfileUpdate, DeadLetter]]:
 
 
 class _ReadUpdatesFileFn(beam.DoFn):
-    def __init__(self):
-        self._updates = Metrics.counter("inputs", "updates_read")
-        self._bad = Metrics.counter("inputs", "input_dead_letters")
-
     def setup(self):
         self._read, self._dead = progress.Tally(progress.UPDATES), progress.Tally(progress.INPUTS_DEAD_LETTERED)
 
     def process(self, path: str):
         for item in read_updates_file(path):
             if isinstance(item, ProfileUpdate):
-                self._updates.inc()
                 self._read.inc()
                 yield TimestampedValue(item, item.timestamp_ms / 1000.0)
             else:
-                self._bad.inc()
                 self._dead.inc()
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER, item)
 
@@ -344,8 +338,6 @@ class _ReadShardFn(beam.DoFn):
     def __init__(self, stream, region, endpoint_url, credentials, poll_interval_s, max_idle_polls):
         self._stream, self._region, self._endpoint_url, self._credentials = stream, region, endpoint_url, credentials
         self._poll_interval_s, self._max_idle_polls = poll_interval_s, max_idle_polls
-        self._updates = Metrics.counter("inputs", "updates_read")
-        self._bad = Metrics.counter("inputs", "input_dead_letters")
         self._retries = Metrics.counter("inputs", "kinesis_read_retries")
 
     def setup(self):
@@ -377,11 +369,9 @@ class _ReadShardFn(beam.DoFn):
                     read += 1
                     item = parse_json_update(record["Data"], source, 0)
                     if isinstance(item, ProfileUpdate):
-                        self._updates.inc()
                         self._read.inc()
                         yield TimestampedValue(item, item.timestamp_ms / 1000.0)
                     else:
-                        self._bad.inc()
                         self._dead.inc()
                         yield beam.pvalue.TaggedOutput(DEAD_LETTER, item._replace(position=f"sequence {sequence}"))
                 behind_ms = page.get("MillisBehindLatest", 0)
