@@ -28,23 +28,22 @@ don't all do:
   is kept, retries included: a key has at most one record in flight or waiting for a retry, and
   its next record is only released once that one is acknowledged or dead-lettered (PutRecords
   itself does not order the records of one request when some of them fail);
-- adapts: requests are paced at a window of records per measured round trip, so a slow
-  stream gets full requests further apart rather than small ones every round trip (a request's
-  cost is mostly per request). From one full request the window doubles per round trip until
-  the first throttling (TCP's slow start; the requests then in flight cut it by the largest
-  share of them throttled). Then, once per round trip (replies to requests sent before the
-  last cut don't cut again), a request refused whole halves it and records throttled in a
-  request cut it by their share (as DCTCP; a request smaller than a full one or the window
-  counts as that: a few retries all throttled at the end of a bundle are a small sample), at
-  most to a quarter and no lower than 0.9 of what the stream took per round trip lately (the
-  cut's share of it when deeper); while
-  requests are accepted whole it climbs back by half the distance to where the cuts began
-  (capped at 1.25 of what the stream took) per round trip, then by ``WINDOW_STEP`` (BIC-TCP's
-  binary search). Replies to requests that took the last records there were (the end of a
-  bundle) don't grow it: they show nothing of what more the stream would take. A stream of 64
-  shards needs a window of thousands of records: halving on a few throttled records, growing
-  by a constant step, or cutting on every bundle's last retries left it half used for
-  hundreds of round trips;
+- adapts: requests are paced at a window of records per measured round trip, so a slow stream
+  gets full requests further apart rather than small ones every round trip (a request's cost
+  is mostly per request). From one full request the window doubles per round trip until the
+  first throttling (TCP's slow start; the requests then in flight cut it by the largest share
+  of them throttled). Then, once per round trip (replies to requests sent before the last cut
+  don't cut again), a request refused whole halves it and records throttled in a request cut
+  it by their share (as DCTCP; a request smaller than a full one or the window counts as that:
+  a few retries all throttled at the end of a bundle are a small sample), at most to a quarter
+  and no lower than 0.9 of what the stream took per round trip lately (times the share of the
+  request it took, when smaller); while requests are accepted whole it climbs back by half the
+  distance to where the cuts began (capped at 1.25 of what the stream took) per round trip,
+  then by ``WINDOW_STEP`` (BIC-TCP's binary search). Replies to requests that took the last
+  records there were (the end of a bundle) don't grow it: they show nothing of what more the
+  stream would take. A stream of 64 shards needs a window of thousands of records: halving on
+  a few throttled records, growing by a constant step, or cutting on every bundle's last
+  retries left it half used for hundreds of round trips;
 - bounded memory: past ``max_buffered_records`` / ``max_buffered_bytes`` held (queued, waiting
   for a retry or in flight), ``process`` waits for replies. Requests go out as soon as a full
   one is ready, once the oldest queued record is ``max_delay_ms`` old (checked on each element,
@@ -545,8 +544,8 @@ class RecordSender:
                 if t is not None:
                     t[0] += 1
                     t[2] = started
-        # the last records there were to send (the end of a bundle, retries alone): what they
-        # meet says little about the stream's rate, see _handle
+        # the last records there were to send (the end of a bundle, retries alone): their
+        # replies show nothing of what more the stream would take, so they don't grow the window
         drained = not (self._queue or self._ready)
         job = (batch, self._epoch, started, self.clock(), drained)
         if self.max_in_flight == 1:
@@ -701,20 +700,20 @@ class RecordSender:
 
     def _throttled(self, epoch: int, fraction: Optional[float] = None) -> None:
         """Multiplicative decrease, once per round trip (replies to requests sent before the
-        last cut do not cut again, except those of slow start's last round trip that found more
-        throttled: a slow start that ran into the end of the stream's burst has a round trip of
-        requests in flight, most of them throttled, and they cut from the window before the
-        first cut by their share). A request refused whole halves the window; records throttled
-        in an accepted request cut it by their share (what the stream took of a request is
-        what it takes: 5 % over its shards' rate throttles about 5 % of the records, as DCTCP
-        cuts by the share of marked packets), at most to a quarter, and no lower than the
-        stream's delivery per round trip lately times 0.9, or times the cut when it is deeper
-        (that delivery may be the burst's: a stream refusing most records now takes far less).
-        Halving on a few throttled records would leave a
-        stream of many shards half used for hundreds of round trips. The first cut of a run
-        notes where it began (``_peak``, the target of ``_grow``), each cut keeps it at most
-        1.25 of that delivery: a stream's one-second burst lets the window overshoot far before
-        it throttles."""
+        last cut do not cut again, except those of slow start's last round trip that found
+        more throttled: a slow start that ran into the end of the stream's burst has a round
+        trip of requests in flight, most of them throttled, and they cut from the window
+        before the first cut by their share). A request refused whole halves the window;
+        records throttled in an accepted request cut it by their share (what the stream took
+        of a request is what it takes: 5 % over its shards' rate throttles about 5 % of the
+        records, as DCTCP cuts by the share of marked packets), at most to a quarter, and no
+        lower than the stream's delivery per round trip lately times 0.9, or times the cut
+        when it is deeper (that delivery may be the burst's: a stream refusing most records
+        now takes far less). Halving on a few throttled records would leave a stream of many
+        shards half used for hundreds of round trips. The first cut of a run notes where it
+        began (``_peak``, the target of ``_grow``), each cut keeps it at most 1.25 of that
+        delivery: a stream's one-second burst lets the window overshoot far before it
+        throttles."""
         self._report.throttled += 1
         cut = 0.5 if fraction is None else max(0.25, 1.0 - fraction)
         if epoch == self._epoch:
