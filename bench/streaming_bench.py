@@ -8,10 +8,14 @@ emitted, and the state bytes per profile. The machine is noisy: runs alternate `
 times and the best of each counts; ``cpu_ratio`` is the same ratio in CPU seconds of the process
 (every runner thread), which other work on a shared machine disturbs far less than wall time, and
 the split ``us_per_update`` is in CPU µs too. ``pure_updates_per_s`` is the per-profile logic alone
-(no Beam, with a state encode/decode per update, CPU time), the ceiling the DoFn can approach;
+(no Beam, with a state decode and encode per update and the states kept encoded, as the runner
+keeps them; CPU time), the ceiling the DoFn can approach;
 ``us_per_update`` splits an update's time between the source, the runner's keyed state
 (bare DoFn minus source), that logic, and the rest (timers, outputs, metrics);
-``us_timer_parameter`` is what declaring an event-time timer alone costs the bare DoFn.
+``us_timer_parameter`` is what declaring an event-time timer alone costs the bare DoFn;
+``us_garbage_collector`` the CPU the collector's passes took per update in the bare DoFn's run
+and in the export's (``gc.callbacks``), a large share of both on this runner, which holds each
+step's whole input in memory.
 
 ``--variant consent`` also runs, alternating with the others, the same export with
 ``activation.consent`` on (a consent attribute written by one update in twenty, so profiles opt
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import random
 import time
@@ -127,21 +132,42 @@ def _source(p, updates: int, profiles: int, consent: bool = False):
             | "Generate" >> beam.FlatMap(generate, updates, profiles, consent))
 
 
-def _run(build) -> Tuple[float, float, Any]:
-    """Wall and CPU seconds (all threads of this process) of one pipeline run, and its result."""
+def _run(build) -> Tuple[float, float, float, Any]:
+    """Wall and CPU seconds (all threads of this process) of one pipeline run, the CPU seconds the
+    garbage collector's passes took in it, and its result."""
     p = beam.Pipeline(options=PipelineOptions(runner="BundleBasedDirectRunner"))
     build(p)
-    start, cpu = time.perf_counter(), time.process_time()
-    result = p.run()
-    result.wait_until_finish()
-    return time.perf_counter() - start, time.process_time() - cpu, result
+    gc.collect()   # the runs before leave garbage of their own: not this run's to collect
+    collector = _CollectorTime()
+    gc.callbacks.append(collector)
+    try:
+        start, cpu = time.perf_counter(), time.process_time()
+        result = p.run()
+        result.wait_until_finish()
+        return time.perf_counter() - start, time.process_time() - cpu, collector.seconds, result
+    finally:
+        gc.callbacks.remove(collector)
+
+
+class _CollectorTime:
+    """A ``gc.callbacks`` entry summing the CPU time of the collections (each runs on one thread)."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase, info):
+        if phase == "start":
+            self._started = time.thread_time()
+        else:
+            self.seconds += time.thread_time() - self._started
 
 
 def memory_run(profiles: int) -> dict:
     """One export pipeline over ``profiles`` updates spread over as many profile ids, for a
     parent that measures this process's peak RSS (``--memory``): how the runner's keyed state
     grows with the number of profiles."""
-    seconds, _, result = _run(lambda p: _source(p, profiles, profiles)
+    seconds, _, _, result = _run(lambda p: _source(p, profiles, profiles)
                            | ExportProfileChanges(CONFIG, until_ms=T0 + profiles * 1000)
                            | "Discard" >> beam.Map(lambda r: None))
     counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
@@ -170,26 +196,28 @@ def main(argv=None) -> dict:
     inf = float("inf")
     baseline_s = export_s = source_s = consent_s = inf
     baseline_cpu = export_cpu = source_cpu = consent_cpu = timed_cpu = inf
+    baseline_gc = export_gc = inf
     consent_result = None
     for _ in range(args.repeat):
         if args.variant == "consent":
-            seconds, cpu, consent_result = _run(lambda p: _source(p, n, k, consent=True)
+            seconds, cpu, _, consent_result = _run(lambda p: _source(p, n, k, consent=True)
                                                 | ExportProfileChanges(CONSENT_CONFIG, until_ms=T0 + n * 1000)
                                                 | "Discard" >> beam.Map(lambda r: None))
             consent_s, consent_cpu = min(consent_s, seconds), min(consent_cpu, cpu)
-        seconds, cpu, _ = _run(lambda p: _source(p, n, k))
+        seconds, cpu, _, _ = _run(lambda p: _source(p, n, k))
         source_s, source_cpu = min(source_s, seconds), min(source_cpu, cpu)
-        seconds, cpu, _ = _run(lambda p: _source(p, n, k)
-                               | "Key" >> beam.Map(lambda u: (u.profile_id, u)).with_output_types(Tuple[str, Any])
-                               | "Count" >> beam.ParDo(CountPerKey()))
-        baseline_s, baseline_cpu = min(baseline_s, seconds), min(baseline_cpu, cpu)
-        _, cpu, _ = _run(lambda p: _source(p, n, k)
-                         | "Key" >> beam.Map(lambda u: (u.profile_id, u)).with_output_types(Tuple[str, Any])
-                         | "CountTimed" >> beam.ParDo(CountPerKeyTimed()))
+        seconds, cpu, collected, _ = _run(lambda p: _source(p, n, k)
+                                          | "Key" >> beam.Map(lambda u: (u.profile_id, u)).with_output_types(Tuple[str, Any])
+                                          | "Count" >> beam.ParDo(CountPerKey()))
+        baseline_s, baseline_cpu, baseline_gc = min(baseline_s, seconds), min(baseline_cpu, cpu), min(baseline_gc, collected)
+        _, cpu, _, _ = _run(lambda p: _source(p, n, k)
+                            | "Key" >> beam.Map(lambda u: (u.profile_id, u)).with_output_types(Tuple[str, Any])
+                            | "CountTimed" >> beam.ParDo(CountPerKeyTimed()))
         timed_cpu = min(timed_cpu, cpu)
-        seconds, cpu, result = _run(lambda p: _source(p, n, k) | ExportProfileChanges(CONFIG, until_ms=T0 + n * 1000)
-                                    | "Discard" >> beam.Map(lambda r: None))
-        export_s, export_cpu = min(export_s, seconds), min(export_cpu, cpu)
+        seconds, cpu, collected, result = _run(lambda p: _source(p, n, k)
+                                               | ExportProfileChanges(CONFIG, until_ms=T0 + n * 1000)
+                                               | "Discard" >> beam.Map(lambda r: None))
+        export_s, export_cpu, export_gc = min(export_s, seconds), min(export_cpu, cpu), min(export_gc, collected)
     counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
 
     # the per-profile logic alone (generation excluded), and the final state sizes
@@ -198,15 +226,15 @@ def main(argv=None) -> dict:
     updates = [u for chunk in range((n + CHUNK - 1) // CHUNK) for u in generate(chunk, n, k)]
     pure_cpu = inf
     for _ in range(args.repeat):
-        states = {}
+        states = {}   # encoded, as the runner keeps them (live states would load the collector)
         cpu = time.process_time()
         for update in updates:
-            state = states.get(update.profile_id)
-            state = profile_state.decode(profile_state.encode(state)) if state else ProfileState()
+            encoded = states.get(update.profile_id)
+            state = profile_state.decode(encoded) if encoded else ProfileState()
             exporter.update(update.profile_id, state, update)
-            states[update.profile_id] = state
+            states[update.profile_id] = profile_state.encode(state)
         pure_cpu = min(pure_cpu, time.process_time() - cpu)
-    sizes = [len(profile_state.encode(s)) for s in states.values()]
+    sizes = [len(s) for s in states.values()]
 
     report = {
         "runner": "BundleBasedDirectRunner",
@@ -227,6 +255,10 @@ def main(argv=None) -> dict:
                           "runner_timers_and_outputs": round((export_cpu - baseline_cpu - pure_cpu) / n * 1e6, 1)},
         # of which the timer parameter alone (the bare DoFn declaring a timer it never sets)
         "us_timer_parameter": round((timed_cpu - baseline_cpu) / n * 1e6, 1),
+        # of the CPU time above, the garbage collector's passes (least of the runs), mostly over
+        # the runner's bundles held in memory, in both pipelines
+        "us_garbage_collector": {"count_per_key": round(baseline_gc / n * 1e6, 1),
+                                 "export": round(export_gc / n * 1e6, 1)},
         "state_bytes_per_profile_mean": round(sum(sizes) / len(sizes)),
         "state_bytes_per_profile_max": max(sizes),
     }

@@ -41,6 +41,20 @@ def test_in_segment_dependencies_come_first():
     assert auds.evaluate({"mp-a": {"n": 0}, "mp-b": {"x": 1}}, {}, [], NOW) == frozenset({"x"})
 
 
+@pytest.mark.parametrize("dirty, members, view, expected", [
+    # only the audiences named are evaluated; the others keep being in ``members`` or not, and an
+    # audience reading one evaluated reads its new result
+    ({"a", "b", "c"}, {"x": 1}, {"n": 2}, {"a", "b", "c", "x"}),
+    ({"a", "b", "c"}, {"a": 1, "b": 1, "c": 1}, {"n": 0}, set()),
+    ({"x"}, {"a": 1, "b": 1}, {"n": 0}, {"a", "b"}),
+    (set(), {"a": 1, "gone": 1}, {"n": 0}, {"a"}),     # a member no longer configured leaves
+])
+def test_only_the_audiences_named_are_evaluated(dirty, members, view, expected):
+    auds = audience_set(audience("c", 'inSegment("b")', "mp-a"), audience("x", "x = 1", "mp-b"),
+                        audience("b", 'inSegment("a")', "mp-a"), audience("a", "n > 1", "mp-a"))
+    assert auds.evaluate({"mp-a": view, "mp-b": {}}, {}, [], NOW, frozenset(dirty), members) == expected
+
+
 @pytest.mark.parametrize("audiences, error, config_error", [
     ((audience("a", 'inSegment("b")'), audience("b", 'inSegment("a")')), "inSegment cycle: a -> b -> a",
      "audiences[0].rule: inSegment cycle: a -> b -> a"),

@@ -1,3 +1,5 @@
+import random
+
 import pytest
 
 from transforms.config import MergePolicyConfig
@@ -118,3 +120,41 @@ def test_timestamp_policies_share_one_view():
 def test_identity_union(held, added, removed, changed, after):
     assert merge_identities(held, added, removed) is changed
     assert held == after
+
+
+def _random_attributes(rng, depth=0):
+    """A partial nested attributes object over a few overlapping keys: leaves, nulls, lists,
+    empty objects and sub-objects."""
+    out = {}
+    for key in rng.sample("abcd", rng.randint(1, 3)):
+        roll = rng.random()
+        if roll < 0.35 and depth < 2:
+            out[key] = _random_attributes(rng, depth + 1)
+        elif roll < 0.5:
+            out[key] = None
+        elif roll < 0.55:
+            out[key] = {}
+        elif roll < 0.6:
+            out[key] = [rng.randint(0, 2)]
+        else:
+            out[key] = rng.choice([1, 2, True, "x"])
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_write_matches_record_leaf_by_leaf(seed):
+    """``write`` (walking the nested update) ends where ``record`` of its leaves does: the same
+    view, stamps, leaf writes and changed paths, in and out of order."""
+    rng = random.Random(seed)
+    policies = MergePolicies([TS])
+    walked, by_leaf = ProfileState(), ProfileState()
+    for seq in range(1, 30):
+        ts = rng.randint(1, 12) * 10
+        attributes = _random_attributes(rng)
+        changed_walked, changed_by_leaf = [], []
+        leaves = policies.write(walked.view, walked.stamps, walked.datasets, attributes, None, ts, seq, changed_walked)
+        expected = attribute_leaves(attributes)
+        policies.record(by_leaf.view, by_leaf.stamps, by_leaf.datasets, expected, None, ts, seq, changed_by_leaf)
+        assert leaves == expected
+        assert sorted(changed_walked) == sorted(changed_by_leaf)
+        assert (walked.view, walked.stamps) == (by_leaf.view, by_leaf.stamps)

@@ -93,6 +93,7 @@ class AudienceSet:
         self.rules = dict(rules)
         self._uploads: Optional[Dict[str, FrozenSet[str]]] = None  # read on first use (module docstring)
         self.policy_ids: Tuple[str, ...] = tuple(dict.fromkeys(a.merge_policy for a in self.ordered))
+        self._ids = frozenset(a.id for a in self.ordered)
         event_rules = [r for r in self.rules.values() if r.uses_events]
         windows = [r.window_ms for r in event_rules]
         self.event_retention_ms: Optional[int] = 0 if not windows else (None if None in windows else max(windows))
@@ -172,16 +173,19 @@ class AudienceSet:
         """The ids of the audiences the profile is realized in, each on its own policy's view.
         ``dirty``: the audiences to evaluate (None: all); the others keep their result, being in
         ``members`` or not."""
-        seg: Dict[str, bool] = {}
+        # ``seg``: the results so far, starting from ``members`` when only some are evaluated
+        # (an ``inSegment`` reference reads it; evaluation order puts it after those it names)
+        seg: Dict[str, bool] = {} if dirty is None else dict.fromkeys(members, True)
         for aid, policy, rule, upload in self._plan or self._evaluation_plan():
             if dirty is not None and aid not in dirty:
-                seg[aid] = aid in members
-            elif rule is not None:
+                continue
+            if rule is not None:
                 seg[aid] = rule(views.get(policy, _EMPTY), events, now_ms, seg)
             elif upload is not None:
                 seg[aid] = (not upload[1].isdisjoint(identities.get(upload[0], ()))
                             and (upload[2] is None or now_ms < upload[2]))
-        return frozenset(aid for aid, ok in seg.items() if ok)
+        known = self._ids   # a member no longer configured (state from an earlier config) leaves
+        return frozenset([aid for aid, ok in seg.items() if ok and aid in known])
 
     def next_change_ms(self, events: Sequence[Mapping], now_ms: int,
                        members: Collection[str] = ()) -> Optional[int]:

@@ -75,11 +75,9 @@ class ProfileStateCoder(coders.Coder):
     saved the decode but kept thousands of live objects per worker: the garbage collector's
     passes over them cost more than the decodes, ~10% of the export's CPU.)"""
 
-    def encode(self, value: ProfileState) -> bytes:
-        return profile_state.encode(value)
-
-    def decode(self, encoded: bytes) -> ProfileState:
-        return profile_state.decode(encoded)
+    # the functions themselves, not methods calling them: one Python frame less per read and write
+    encode = staticmethod(profile_state.encode)
+    decode = staticmethod(profile_state.decode)
 
     def is_deterministic(self) -> bool:
         return False
@@ -305,9 +303,12 @@ class _ExportProfileChangesFn(beam.DoFn):
 
     def start_bundle(self):
         self._counts = collections.Counter()  # counted here, reported once per bundle
+        self._updates = 0
 
     def finish_bundle(self):
         self._counts.update(self._exporter.counts)
+        if self._updates:
+            self._counts["updates"] += self._updates
         self._exporter.counts.clear()
         for name, n in self._counts.items():
             Metrics.counter("export", name).inc(n)
@@ -319,7 +320,7 @@ class _ExportProfileChangesFn(beam.DoFn):
 
     def _on_update(self, element, profile, time_change, seeds):
         key, update = element
-        self._counts["updates"] += 1
+        self._updates += 1
         self._evaluated.inc()
         state = profile.read()
         if state is None:

@@ -87,11 +87,9 @@ class ProfileState:
         that may have changed a view, whether the identity map changed and whether an event was
         kept (only when some rule reads events)."""
         self.seq += 1
-        leaves = attribute_leaves(update.attributes) if update.attributes else []
         changed_paths: List[str] = []
-        if leaves:
-            policies.record(self.view, self.stamps, self.datasets, leaves, update.dataset_id, update.timestamp_ms,
-                            self.seq, changed_paths)
+        leaves = policies.write(self.view, self.stamps, self.datasets, update.attributes, update.dataset_id,
+                                update.timestamp_ms, self.seq, changed_paths) if update.attributes else []
         identities_changed = (merge_identities(self.identities, update.identities,
                                                update.identity_removals)
                               if update.identities or update.identity_removals else False)
@@ -170,4 +168,11 @@ def encode(state: ProfileState) -> bytes:
 
 def decode(data: bytes) -> ProfileState:
     fields = marshal.loads(data[1:]) if data[:1] == _MARSHAL else pickle.loads(data[1:])
-    return ProfileState(*fields)
+    state = _new(ProfileState)        # every field is in ``fields``: no defaults to fill in
+    (state.seq, state.view, state.stamps, state.datasets, state.identities, state.events, state.realized,
+     state.evaluated_ms, state.timer_ms) = fields[:9]
+    state.consents, state.sequences = fields[9:] or (None, None)
+    return state
+
+
+_new = object.__new__

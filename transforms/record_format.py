@@ -21,6 +21,7 @@ from transforms.timeutil import format_iso_ms, format_qualification_time
 MAX_PARTITION_KEY_CHARS = 256
 
 _quote = json.encoder.encode_basestring  # ensure_ascii=False escaping, as the records use
+_ID_SEPARATOR = '},{"id":'               # between the ids of one namespace in ``identityMap``
 
 
 def _json_default(value: Any) -> Any:
@@ -130,7 +131,7 @@ class RecordFormatter:
         head, tail = self._head, self._tail
         attributes = _pick(view, self._tree)
         ups = ",".join([head[a] + _qualification_time(ms // 1000 * 1000) + tail[a, s] for a, s, ms in ups])
-        ids = ",".join([_quote(ns) + ":[" + ",".join(['{"id":' + _quote(i) + "}" for i in values]) + "]"
+        ids = ",".join([_quote(ns) + (':[{"id":' + _ID_SEPARATOR.join(map(_quote, values)) + "}]" if values else ":[]")
                         for ns, values in identities.items()]) if identities else ""
         start = encode_json(attributes)[:-1] + "," if attributes else "{"
         return f'{start}"segmentMembership":{{"ups":{{{ups}}}}},"identityMap":{{{ids}}}{metadata}}}'.encode()
