@@ -255,7 +255,9 @@ def document(results: dict, quick: bool, seconds: float) -> str:
         "`ProvisionedThroughputExceededException` above that, every reply 30 ms late). One `KinesisWrite` "
         "instance, driven in bundles of one second of the stream's capacity, sends S x 1,000 records/s' worth over "
         "keys of four records each; the endpoint checks each key's order on what it accepted. The rate leaves the "
-        "idle stream's free first second out: (delivered - S x 1,000) / wall time.",
+        "idle stream's free first second out: (delivered - S x 1,000) / wall time. Client CPU is the benchmark "
+        "process's CPU time (all threads) per record, what it held before timing (modules, prepared records) frozen "
+        "out of Python's full garbage collections (`gc.freeze`).",
         "",
         "| shards | delivered records/s | capacity | ratio | client µs CPU/record | requests | throttled records | "
         "out of order | dead-lettered | lost |",

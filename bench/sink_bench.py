@@ -17,7 +17,9 @@
   buckets): (delivered - S x 1,000) / wall time. Goal: 0.9 or more of S x 1,000 records/s,
   per-key order kept on what arrived, nothing lost, 10 µs client CPU per record or less.
 
-Client CPU is this process's CPU time (all its threads) over the records sent; the endpoints run
+Client CPU is this process's CPU time (all its threads) over the records sent, with what the
+process held before timing (modules, prepared records) frozen out of Python's full garbage
+collections (``gc.freeze``), which would scan it at random moments; the endpoints run
 in their own processes (the shard endpoint's CPU per record is reported too: on a machine of
 two cores it competes with the client).
 """
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import gc
 import http.client
 import json
 import os
@@ -84,9 +87,18 @@ def drive(fn, recs, bundle: int) -> int:
 
 
 def measure(fn):
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = fn()
-    return time.perf_counter() - wall, time.process_time() - cpu, result
+    """Wall and CPU time of ``fn()``. What the benchmark holds before (Beam's and botocore's
+    modules, the prepared records: a million objects) is frozen out of the garbage collector's
+    full collections, which would otherwise scan it at random moments, ~80 ms each, and charge
+    it to whichever run they land in."""
+    gc.collect()
+    gc.freeze()
+    try:
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = fn()
+        return time.perf_counter() - wall, time.process_time() - cpu, result
+    finally:
+        gc.unfreeze()
 
 
 # ------------------------------------------------------------------ raw efficiency

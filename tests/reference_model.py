@@ -65,7 +65,8 @@ The activation controls (the README's "Activation controls"):
   trigger nor show.
 - Upload expiry: an upload audience has no members at or after its ``expires_at``; the
   profile is evaluated at that instant (a timer, like a window change: after the clock, never
-  after ``until``) while it is realized in that audience. A mapped audience's exit at or after
+  after ``until``) while it is realized in that audience, a seeded member also before any
+  update. A mapped audience's exit at or after
   its ``expires_at`` is the trigger ``expiry``, not ``audience``.
 - Export metadata: ``_export`` ends the data: ``id`` (hex SHA-256 of ``profileId/policy/
   sequence``), ``sequence`` (the profile's records of that policy, from 1), ``at`` (the
@@ -215,7 +216,7 @@ class ReferenceProfile:
     def _start_from(self, seed: SnapshotProfile) -> None:
         """A snapshot row: its attributes are writes at its timestamp, its identities held, its
         known memberships of configured audiences (``existing`` is ``realized``) the statuses;
-        the evaluation time starts with the first update."""
+        the evaluation time starts with the first update or the first upload expiry due."""
         self.writes = [_Write(seed.timestamp_ms, 0, None, path, value)
                        for path, value in _leaves(dict(seed.attributes)) if value is not None]
         self._add_identities(seed.identities)
@@ -278,13 +279,11 @@ class ReferenceProfile:
                       | {at for aid, at in self.expiries.items() if self.status.get(aid, ("",))[0] == "realized"})
 
     def _timers(self, before_ms: Optional[int]) -> List[ReferenceRecord]:
-        """Evaluate at every window instant after the clock, before ``before_ms`` (None: no
+        """Evaluate at every window instant (or upload expiry) after the clock, before ``before_ms`` (None: no
         bound), never after ``until``."""
         out: List[ReferenceRecord] = []
-        if self.clock is None:
-            return out
-        for at in self._instants():
-            if at <= self.clock or (before_ms is not None and at >= before_ms) \
+        for at in self._instants():   # no clock yet: a seed's expiries are the only instants
+            if (self.clock is not None and at <= self.clock) or (before_ms is not None and at >= before_ms) \
                     or (self.until_ms is not None and at > self.until_ms):
                 continue
             self.clock = at

@@ -217,7 +217,9 @@ def activation_config(upload_path):
         destination=dataclasses.replace(CONFIG.destination, include_export_metadata=True))
 
 
-ACTIVATION_SEEDS = [SnapshotProfile("a-seed", T0 - D, {}, merged(DELOREAN, NO), {"aud-delorean": SegmentStatus(R, T0 - D)})]
+ACTIVATION_SEEDS = [SnapshotProfile("a-seed", T0 - D, {}, merged(DELOREAN, NO), {"aud-delorean": SegmentStatus(R, T0 - D)}),
+                    # a seeded member of the expiring upload that never gets an update
+                    SnapshotProfile("a-seed-vip", T0 - D, VIP_ID, YES, {"aud-vip": SegmentStatus("existing", T0 - D)})]
 ACTIVATION_UPDATES = [
     u("a-optin", T0, DELOREAN), u("a-optin", T0 + H, YES),                       # withheld, then opt-in
     u("a-optout", T0, merged(DELOREAN, YES, first("Ann"))), u("a-optout", T0 + H, NO, ids={"ecid": ("e",)}),
@@ -246,6 +248,8 @@ ACTIVATION_EXPECTED = {
     "a-vip": [with_meta(rec(T0, {}, ups(aud_vip=(R, T0)), VIP_IDS), meta("a-vip", "mp-default", 1, T0, "consent")),
               with_meta(rec(EXPIRES, {}, ups(aud_vip=(X, EXPIRES)), VIP_IDS),
                         meta("a-vip", "mp-default", 2, EXPIRES, "expiry"))],
+    "a-seed-vip": [with_meta(rec(EXPIRES, {}, ups(aud_vip=(X, EXPIRES)), VIP_IDS),
+                             meta("a-seed-vip", "mp-default", 1, EXPIRES, "expiry"))],
 }
 
 
@@ -296,11 +300,13 @@ def test_watermark_driven_timers_on_streaming_input(tmp_path):
         "s-vip": [with_meta(rec(T0, {}, ups(aud_vip=(R, T0)), VIP_IDS), meta("s-vip", "mp-default", 1, T0, "consent")),
                   with_meta(rec(EXPIRES, {}, ups(aud_vip=(X, EXPIRES)), VIP_IDS),
                             meta("s-vip", "mp-default", 2, EXPIRES, "expiry"))],
+        **{"a-seed-vip": ACTIVATION_EXPECTED["a-seed-vip"]},    # seeded, no update: exits by the watermark
     }
     with beam.Pipeline(options=options) as p:
         updates = p | stream
+        seeds = p | "Seeds" >> beam.Create(ACTIVATION_SEEDS[1:])   # bounded beside the unbounded updates
         records = (updates | ExportProfileChanges(CONFIG),
-                   updates | "Activated" >> ExportProfileChanges(activation_config(str(upload))))
+                   updates | "Activated" >> ExportProfileChanges(activation_config(str(upload)), seed=seeds))
         assert_that(records | beam.Flatten() | beam.ParDo(_Stamp()), by_profile(expected))
 
 

@@ -342,17 +342,71 @@ def test_slow_start_doubles_until_the_first_throttling():
 
 def test_cut_no_lower_than_what_the_stream_took():
     """Over the last round trips (30 ms) the stream took 2,400 records in the 0.2 s after a
-    first reply, 360 per round trip: a cut stops at 0.9 of that, and the window climbs back to
-    1.25 of it at most."""
+    first reply, 360 per round trip: a cut stops at 0.9 of that (at the cut's share of it when
+    deeper: most records refused say the stream takes far less now), and the window climbs back
+    to 1.25 of it at most."""
     sender = fake_sender(FakeKinesis(), max_in_flight=8)
     sender._srtt = 0.03
     for i in range(9):
         sender._accepted(i * 0.025, 300)
     sender.window, sender._slow_start = 1000, False
-    sender._throttled(epoch=0, fraction=1.0)
+    sender._throttled(epoch=0, fraction=0.75)
+    assert (sender.window, sender._peak) == (pytest.approx(250), pytest.approx(1.25 * 360))
+    sender.window, sender._peak = 350, 1000      # a run of cuts that began far above
+    sender._throttled(epoch=1, fraction=0.1)
     assert (sender.window, sender._peak) == (pytest.approx(0.9 * 360), pytest.approx(1.25 * 360))
+    sender.window = 300
+    sender._throttled(epoch=2, fraction=0.5)
+    assert sender.window == pytest.approx(0.5 * 360)
     sender._accepted(1.0, 300)                   # the older replies leave the span
     assert sender._delivery_window() == 0.0      # measured over too short a time
+
+
+def test_slow_starts_last_round_trip_cuts_by_its_largest_share():
+    """The first throttled reply of a round trip cuts; the replies to requests already in flight
+    then do not cut again, except at the end of slow start (it ran into the end of the stream's
+    burst with a round trip of requests in flight): those cut by a larger share."""
+    sender = fake_sender(FakeKinesis(), max_in_flight=8)
+    sender.window = 4000
+    sender._throttled(epoch=0, fraction=0.1)
+    assert sender.window == pytest.approx(3600)
+    sender._throttled(epoch=0, fraction=0.6)     # sent before the cut, more of it throttled
+    assert sender.window == pytest.approx(1600)
+    sender._throttled(epoch=0, fraction=0.3)     # less: no further cut
+    sender._throttled(epoch=0, fraction=1.0)     # all of it: a quarter of the window before the cut
+    assert sender.window == pytest.approx(1000)
+    sender._throttled(epoch=1, fraction=0.5)     # the next round trip cuts from there
+    assert sender.window == pytest.approx(500)
+    sender._throttled(epoch=1, fraction=0.9)     # and its later replies don't cut again
+    assert sender.window == pytest.approx(500)
+
+
+def test_a_few_throttled_records_cut_by_their_share_of_a_full_request():
+    """At the end of a bundle the last requests carry a few records, often retries on the shards
+    that just throttled them: all of them throttled is no sign that the stream takes nothing."""
+    fake = FakeKinesis([("fail", {i: "ProvisionedThroughputExceededException" for i in range(20)})])
+    sender = fake_sender(fake, max_in_flight=8)
+    sender.window, sender._slow_start, sender._srtt = 2000, False, 0.03
+    for i in range(20):
+        sender.add(f"k{i}", b"{}")
+    report = sender.flush()
+    assert report.sent == 20 and report.throttled == 1
+    assert sender.window == pytest.approx(2000 * (1 - 20 / 500))   # and the retry, the last records, does not grow it
+
+
+def test_replies_to_the_last_records_do_not_grow_the_window():
+    """Requests that took all there was to send (the end of a bundle, a trickle of records)
+    say nothing of how much more the stream would take: the window grows only on replies to
+    requests that left records behind."""
+    sender = fake_sender(FakeKinesis(), max_in_flight=8)
+    for i in range(100):
+        sender.add(f"k{i}", b"{}")
+    sender.flush()
+    assert sender.window == 500                  # one request took them all
+    for i in range(600):
+        sender.add(f"k{i}", b"{}")
+    sender.flush()
+    assert sender.window == 1000                 # the first one left 100 behind: slow start doubles
 
 
 def test_throttled_replies_cut_once_per_round_trip():

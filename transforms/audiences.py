@@ -21,7 +21,7 @@ from typing import Collection, Dict, FrozenSet, Iterable, List, Mapping, Optiona
 import numpy as np
 import pyarrow as pa
 
-from transforms.config import AudienceDefinition, ExportConfig, UploadSource
+from transforms.config import AudienceDefinition, ExportConfig, UploadSource, upload_expiries
 from transforms.errors import io_reason
 from transforms.export_decision import PathMatcher
 from transforms.rules import AudienceRule, RuleError, compile_rule
@@ -100,9 +100,7 @@ class AudienceSet:
         # a rule comparing with ``now`` outside event windows can change on any update
         self.reads_now = any(rule.reads_now for rule in self.rules.values())
         self._event_rules = tuple(event_rules)
-        # upload audiences with ``expires_at``: no members from that instant on
-        self.expiries: Dict[str, int] = {a.id: a.upload.expires_at_ms for a in self.ordered
-                                         if a.id not in self.rules and a.upload and a.upload.expires_at_ms is not None}
+        self.expiries: Dict[str, int] = upload_expiries(self.ordered)
         # a profile needs an event-time timer when events leave windows or uploads expire
         self.timed = self.event_retention_ms != 0 or bool(self.expiries)
         self._upload_values = None   # the upload sets as pyarrow arrays, built by the first batch

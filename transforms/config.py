@@ -39,7 +39,7 @@ import datetime as _dt
 import os
 import posixpath
 import re
-from typing import List, Mapping as TMapping, Optional, Tuple
+from typing import Dict, Iterable, List, Mapping as TMapping, Optional, Tuple
 
 import yaml
 
@@ -200,6 +200,12 @@ class ExportConfig:
             if p.id == policy_id:
                 return p
         raise KeyError(policy_id)
+
+
+def upload_expiries(audiences: Iterable[AudienceDefinition]) -> Dict[str, int]:
+    """The upload audiences with ``expires_at``: no members from that epoch-ms instant on."""
+    return {a.id: a.upload.expires_at_ms for a in audiences
+            if a.upload is not None and a.upload.expires_at_ms is not None}
 
 
 class ConfigError(UserError, ValueError):

@@ -40,7 +40,12 @@ Seeding: ``seed`` (``PCollection[SnapshotProfile]``) is a side input, ``AsMultiM
 id (the newest row of a profile wins), consulted when a key has no state yet, so a seed always
 takes effect before the profile's first update, in batch and streaming alike. Portable runners
 (Dataflow, Flink) look a multimap side input up per key from its materialization; the
-DirectRunner holds the whole seed in memory.
+DirectRunner holds the whole seed in memory. A seeded member of an upload audience that expires
+(by ``until_ms``) must exit at ``expires_at`` even if its profile never gets an update, so the
+ids of those profiles (only those: the others need no state before an update) also enter the
+DoFn as keyed elements ``(profile id, None)``: whichever of that element and the profile's first
+update comes first seeds the state from the side input, which holds the expiry as its due time
+either way, so the records do not depend on which came first.
 """
 from __future__ import annotations
 
@@ -62,7 +67,7 @@ from transforms.export_decision import (ATTRIBUTE, AUDIENCE, CONSENT, EXITED, EX
                                         ExportPlan, PathMatcher)
 from transforms.merge import MergePolicies
 from transforms.model import ExportRecord, ProfileUpdate, SnapshotProfile
-from transforms.profile_state import ProfileState
+from transforms.profile_state import ProfileState, seeded_members
 from transforms.record_format import RecordFormatter
 
 STATE_BYTES_SAMPLE = 16  # the state-bytes metric encodes one state write in 16 a second time
@@ -145,6 +150,9 @@ class ProfileExporter:
         state = ProfileState.from_snapshot(snapshot, self.policies, self.audience_ids)
         if self.consent is not None:
             state.consenting(self._consents(state.views(self.policies), snapshot.timestamp_ms))
+        due = min((at for aid, at in self.audiences.expiries.items() if aid in state.realized), default=None)
+        if due is not None and (self.until_ms is None or due <= self.until_ms):
+            state.schedule(due)   # a seeded member's upload expiry is due with or without an update
         return state
 
     def catch_up(self, key: str, state: ProfileState, before_ms: int,
@@ -153,7 +161,8 @@ class ProfileExporter:
         ``before_ms`` (a timer's own instant: ``before_ms = due + 1``), each at its instant."""
         if out is None:
             out = []
-        dirty = None if self.reads_now else self.audiences.time_readers
+        # a fresh seed has never been evaluated: its first evaluation evaluates every audience
+        dirty = None if self.reads_now or state.evaluated_ms is None else self.audiences.time_readers
         while state.timer_ms is not None and state.timer_ms < before_ms:
             now = state.timer_ms
             self._evaluate(key, state, now, now, False, False, out, dirty)
@@ -324,10 +333,11 @@ class _ExportProfileChangesFn(beam.DoFn):
         self._evaluated.inc()
         state = profile.read()
         if state is None:
+            armed = None
             found = list(seeds[key]) if seeds is not None else ()
-            snapshot = max(found, key=_SNAPSHOT_TIME) if found else None   # the newest row wins
-            state = self._exporter.seed(snapshot) if snapshot is not None else ProfileState()
-        armed = state.timer_ms
+            state = self._exporter.seed(newest_row(found)) if found else ProfileState()
+        else:
+            armed = state.timer_ms
         out = self._exporter.update(key, state, update)
         return self._finish(state, armed, out, profile, time_change)
 
@@ -358,10 +368,19 @@ class _TimedExportProfileChangesFn(_ExportProfileChangesFn):
     """Adds the event-time timer that exports changes caused by time alone."""
     TIME_CHANGE = TimerSpec("time_change", TimeDomain.WATERMARK)
 
-    def process(self, element: Tuple[str, ProfileUpdate],
+    def process(self, element: Tuple[str, Any],
                 profile=beam.DoFn.StateParam(_ExportProfileChangesFn.PROFILE),
                 time_change=beam.DoFn.TimerParam(TIME_CHANGE), seeds=None) -> Iterable[Any]:
+        if element[1] is None:
+            return self._on_seeded(element[0], profile, time_change, seeds)
         return self._on_update(element, profile, time_change, seeds)
+
+    def _on_seeded(self, key, profile, time_change, seeds):
+        """A seeded member of an expiring upload: its state is seeded now unless its first update
+        came first (from the same rows), so that its expiry is due without an update."""
+        if profile.read() is not None:
+            return ()
+        return self._finish(self._exporter.seed(newest_row(seeds[key])), None, [], profile, time_change)
 
     @on_timer(TIME_CHANGE)
     def on_time_change(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
@@ -374,6 +393,15 @@ class _TimedExportProfileChangesFn(_ExportProfileChangesFn):
         self._counts["timers_fired"] += 1
         out = self._exporter.catch_up(key, state, fired_ms + 1)
         return self._finish(state, None, out, profile, time_change)
+
+
+def newest_row(rows: Iterable[SnapshotProfile]) -> SnapshotProfile:
+    """Of a profile's seed rows, the newest wins."""
+    return max(rows, key=_SNAPSHOT_TIME)
+
+
+def holds_expiring_upload(snapshot: SnapshotProfile, expiring: FrozenSet[str]) -> bool:
+    return any(aid in expiring for aid in seeded_members(snapshot))
 
 
 class ExportProfileChanges(beam.PTransform):
@@ -396,6 +424,13 @@ class ExportProfileChanges(beam.PTransform):
             # load the whole snapshot into every worker)
             side["seeds"] = beam.pvalue.AsMultiMap(
                 self._seed | "KeySeedByProfile" >> beam.Map(lambda s: (s.profile_id, s)).with_output_types(Tuple[str, Any]))
-        timed = AudienceSet.from_config(self._config).timed
-        fn = (_TimedExportProfileChangesFn if timed else _ExportProfileChangesFn)(self._config, self._until_ms)
+        audiences = AudienceSet.from_config(self._config)
+        expiring = frozenset(aid for aid, at in audiences.expiries.items()
+                             if self._until_ms is None or at <= self._until_ms)
+        if self._seed is not None and expiring:
+            seeded = (self._seed
+                      | "SeedsWithExpiringUploads" >> beam.Filter(holds_expiring_upload, expiring)
+                      | "KeySeededProfiles" >> beam.Map(lambda s: (s.profile_id, None)).with_output_types(Tuple[str, Any]))
+            keyed = (keyed, seeded) | "WithSeededProfiles" >> beam.Flatten()
+        fn = (_TimedExportProfileChangesFn if audiences.timed else _ExportProfileChangesFn)(self._config, self._until_ms)
         return keyed | "EvaluateAndDiff" >> beam.ParDo(fn, **side)

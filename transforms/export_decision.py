@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, Mapping, NamedTuple, Optional, Tuple
 
-from transforms.config import ExportConfig
+from transforms.config import ExportConfig, upload_expiries
 
 REALIZED, EXITED = "realized", "exited"
 AUDIENCE, IDENTITY, ATTRIBUTE, CONSENT, EXPIRY = "audience", "identity", "attribute", "consent", "expiry"
@@ -84,8 +84,7 @@ class ExportDecider:
         self.policy_ids: Tuple[str, ...] = tuple(sorted(self._policy_audiences, key=order.__getitem__))
         self._identity_on = IDENTITY in config.activation.triggers
         self._attribute_on = ATTRIBUTE in config.activation.triggers
-        self._expiries = {a.id: a.upload.expires_at_ms for a in config.audiences
-                          if a.upload is not None and a.upload.expires_at_ms is not None}
+        self._expiries = upload_expiries(config.audiences)
         # whether a written path is at, under or above a mapped attribute path
         self.mapped_attributes = PathMatcher(config.mapping.attributes)
         # prepared once: (policy, its audiences, its mapped audiences) in policy order, and the

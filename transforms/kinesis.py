@@ -28,17 +28,22 @@ don't all do:
   is kept, retries included: a key has at most one record in flight or waiting for a retry, and
   its next record is only released once that one is acknowledged or dead-lettered (PutRecords
   itself does not order the records of one request when some of them fail);
-- adapts: requests are paced at a window of records per measured round trip, so a slow
-  stream gets full requests further apart rather than small ones every round trip (a request's
-  cost is mostly per request). From one full request the window doubles per round trip until
-  the first throttling (TCP's slow start). Then, at most once per round trip (replies to
-  requests sent before the last cut don't cut again), a request refused whole halves it and
-  records throttled in a request cut it by their share (as DCTCP), at most to a quarter and no
-  lower than 0.9 of what the stream took per round trip lately; while requests are accepted
-  whole it climbs back by half the distance to where the cuts began (capped at 1.25 of what the
-  stream took) per round trip, then by ``WINDOW_STEP`` (BIC-TCP's binary search). A stream of
-  64 shards needs a window of thousands of records: halving on a few throttled records and
-  growing by a constant step left it half used for hundreds of round trips;
+- adapts: requests are paced at a window of records per measured round trip, so a slow stream
+  gets full requests further apart rather than small ones every round trip (a request's cost
+  is mostly per request). From one full request the window doubles per round trip until the
+  first throttling (TCP's slow start; the requests then in flight cut it by the largest share
+  of them throttled). Then, once per round trip (replies to requests sent before the last cut
+  don't cut again), a request refused whole halves it and records throttled in a request cut
+  it by their share (as DCTCP; a request smaller than a full one or the window counts as that:
+  a few retries all throttled at the end of a bundle are a small sample), at most to a quarter
+  and no lower than 0.9 of what the stream took per round trip lately (times the share of the
+  request it took, when smaller); while requests are accepted whole it climbs back by half the
+  distance to where the cuts began (capped at 1.25 of what the stream took) per round trip,
+  then by ``WINDOW_STEP`` (BIC-TCP's binary search). Replies to requests that took the last
+  records there were (the end of a bundle) don't grow it: they show nothing of what more the
+  stream would take. A stream of 64 shards needs a window of thousands of records: halving on
+  a few throttled records, growing by a constant step, or cutting on every bundle's last
+  retries left it half used for hundreds of round trips;
 - bounded memory: past ``max_buffered_records`` / ``max_buffered_bytes`` held (queued, waiting
   for a retry or in flight), ``process`` waits for replies. Requests go out as soon as a full
   one is ready, once the oldest queued record is ``max_delay_ms`` old (checked on each element,
@@ -386,6 +391,7 @@ class RecordSender:
         self._slow_start = True  # until the first throttling: grow by what was accepted
         self._peak = self.window  # the window where the last run of cuts began
         self._cutting = False  # cut since the last reply accepted whole
+        self._last_cut = (self.window, 1.0)  # the window before the last cut, and the cut
         self._acks: Deque[Tuple[float, int]] = collections.deque()  # (reply time, records accepted)
         self._acked = 0  # records accepted in _acks
         self._epoch = 0  # how often the window was cut
@@ -538,7 +544,10 @@ class RecordSender:
                 if t is not None:
                     t[0] += 1
                     t[2] = started
-        job = (batch, self._epoch, started, self.clock())
+        # the last records there were to send (the end of a bundle, retries alone): their
+        # replies show nothing of what more the stream would take, so they don't grow the window
+        drained = not (self._queue or self._ready)
+        job = (batch, self._epoch, started, self.clock(), drained)
         if self.max_in_flight == 1:
             self._handle(job, self._call(batch))
             return
@@ -594,7 +603,7 @@ class RecordSender:
     def _handle(self, job, result) -> None:
         from botocore.exceptions import BotoCoreError, NoCredentialsError
         from urllib3.exceptions import HTTPError
-        batch, epoch, started, sent_at = job
+        batch, epoch, started, sent_at, drained = job
         self._requests -= 1
         self._report.requests += 1
         status, body = result
@@ -628,36 +637,39 @@ class RecordSender:
             # costs ~0.13 ms in the caller's thread, which does all the bookkeeping)
             self._delivered(batch, acked)
             self._accepted(now, len(batch))
-            self._grow(len(batch))
+            if not drained:
+                self._grow(len(batch))
             return
         try:
             reply = json.loads(body)
             failed, results = reply.get("FailedRecordCount", 0), reply["Records"]
+            codes = [r.get("ErrorCode") for r in results[:len(batch)]]
         except (ValueError, KeyError, TypeError, AttributeError):
             self._retry_or_dead(batch, "InternalFailure", "unreadable PutRecords reply", started)
             return
-        if not failed and len(results) == len(batch):  # the usual answer
+        if not failed and len(codes) == len(batch):  # the usual answer
             self._delivered(batch, acked)
             self._accepted(now, len(batch))
-            self._grow(len(batch))
+            if not drained:
+                self._grow(len(batch))
             return
-        delivered, again = [], {}  # retryable code -> (records, a message)
-        for i, record in enumerate(batch):
-            result = results[i] if i < len(results) else {"ErrorCode": "InternalFailure",
-                                                          "ErrorMessage": "no result for this record"}
-            code = result.get("ErrorCode")
-            if not code:
-                delivered.append(record)
-            elif code in RETRYABLE_RECORD_ERRORS:
-                again.setdefault(code, ([], result.get("ErrorMessage") or ""))[0].append(record)
+        codes.extend(["InternalFailure"] * (len(batch) - len(codes)))  # records without a result
+        delivered = [record for record, code in zip(batch, codes) if not code]
+        again = {}  # retryable code -> (records, a message)
+        for i in [i for i, code in enumerate(codes) if code]:
+            code = codes[i]
+            message = (results[i].get("ErrorMessage") or "") if i < len(results) else "no result for this record"
+            if code in RETRYABLE_RECORD_ERRORS:
+                again.setdefault(code, ([], message))[0].append(batch[i])
             else:
-                self._dead((record,), code, result.get("ErrorMessage") or "", started, rejected=True)
+                self._dead((batch[i],), code, message, started, rejected=True)
         self._delivered(delivered, acked)
         self._accepted(now, len(delivered))
         for code, (records, message) in again.items():
             self._retry_or_dead(records, code, message, started, code == _THROTTLED)
-        if _THROTTLED in again:
-            self._throttled(epoch, len(again[_THROTTLED][0]) / len(batch))
+        if _THROTTLED in again:  # a few records (retries alone) are a small sample: their share of a full request
+            sample = max(len(batch), min(self.window, MAX_RECORDS_PER_REQUEST))
+            self._throttled(epoch, len(again[_THROTTLED][0]) / sample)
 
     def _accepted(self, now: float, count: int) -> None:
         """Notes the records the stream took, over the last ``RATE_SPAN_RTTS`` round trips."""
@@ -688,23 +700,36 @@ class RecordSender:
 
     def _throttled(self, epoch: int, fraction: Optional[float] = None) -> None:
         """Multiplicative decrease, once per round trip (replies to requests sent before the
-        last cut do not cut again). A request refused whole halves the window; records throttled
-        in an accepted request cut it by their share (what the stream took of a request is
-        what it takes: 5 % over its shards' rate throttles about 5 % of the records, as DCTCP
-        cuts by the share of marked packets), at most to a quarter, and no lower than 0.9 of
-        the stream's delivery per round trip. Halving on a few throttled records would leave a
-        stream of many shards half used for hundreds of round trips. The first cut of a run
-        notes where it began (``_peak``, the target of ``_grow``), at most 1.25 of that
-        delivery: a stream's one-second burst lets the window overshoot far before it throttles."""
+        last cut do not cut again, except those of slow start's last round trip that found
+        more throttled: a slow start that ran into the end of the stream's burst has a round
+        trip of requests in flight, most of them throttled, and they cut from the window
+        before the first cut by their share). A request refused whole halves the window;
+        records throttled in an accepted request cut it by their share (what the stream took
+        of a request is what it takes: 5 % over its shards' rate throttles about 5 % of the
+        records, as DCTCP cuts by the share of marked packets), at most to a quarter, and no
+        lower than the stream's delivery per round trip lately times 0.9, or times the cut
+        when it is deeper (that delivery may be the burst's: a stream refusing most records
+        now takes far less). Halving on a few throttled records would leave a stream of many
+        shards half used for hundreds of round trips. The first cut of a run notes where it
+        began (``_peak``, the target of ``_grow``), each cut keeps it at most 1.25 of that
+        delivery: a stream's one-second burst lets the window overshoot far before it
+        throttles."""
         self._report.throttled += 1
+        cut = 0.5 if fraction is None else max(0.25, 1.0 - fraction)
         if epoch == self._epoch:
             self._epoch += 1
             self._slow_start = False
-            cut = 0.5 if fraction is None else max(0.25, 1.0 - fraction)
             delivery = self._delivery_window()
             if not self._cutting:  # the first cut since a reply was accepted whole
-                self._peak, self._cutting = min(self.window, 1.25 * delivery or self.window), True
-            self.window = max(MIN_WINDOW, self.window * cut, 0.9 * delivery)
+                self._peak, self._cutting = self.window, True
+            if delivery:  # a run of cuts after a burst ends far below where it began
+                self._peak = min(self._peak, 1.25 * delivery)
+            self._last_cut = (self.window, cut)
+            self.window = max(MIN_WINDOW, self.window * cut, min(0.9, cut) * delivery)
+        elif epoch == 0 and self._epoch == 1 and cut < self._last_cut[1]:  # slow start's last round trip
+            before, _ = self._last_cut
+            self._last_cut = (before, cut)
+            self.window = min(self.window, max(MIN_WINDOW, before * cut, min(0.9, cut) * self._delivery_window()))
 
     def _delivery_window(self) -> float:
         """What the stream took per round trip lately (0 when not measured over at least half
@@ -719,11 +744,11 @@ class RecordSender:
             return 0.0
         return (self._acked - acks[0][1]) / span * self._srtt  # what came in after the first reply
 
-    def _finished(self, records) -> None:
+    def _finished(self, records, size: Optional[int] = None) -> None:
+        self.held -= len(records)
+        self.held_bytes -= sum([r[3] for r in records]) if size is None else size
         busy, ready = self._busy, self._ready
         for r in records:
-            self.held -= 1
-            self.held_bytes -= r[3]
             waiting = busy.pop(r[0])
             if waiting:  # the key's next record takes its turn
                 ready.append(waiting.popleft())
@@ -731,13 +756,14 @@ class RecordSender:
 
     def _delivered(self, records, acked: int) -> None:
         report = self._report
+        size = sum([r[3] for r in records])
         report.sent += len(records)
-        report.bytes += sum([r[3] for r in records])
+        report.bytes += size
         report.latencies.extend([acked - r[2] for r in records if r[2] is not None])
         if self._tries:
             for r in records:
                 self._tries.pop(id(r), None)
-        self._finished(records)
+        self._finished(records, size)
 
     def _retry_or_dead(self, records, code: str, message: str, started: int, throttled: bool = False) -> None:
         """Records that may be sent again wait a backoff with full jitter, one draw per reply:
@@ -846,13 +872,18 @@ class _KinesisWriteFn(beam.DoFn):
         self._unalerted: collections.Counter = collections.Counter()  # error code -> records
         self._unalerted_rejected = 0
         self._dead_writer = BundleFileWriter(self._dead_dir, "records")
+        self._context = (None, None)  # (timestamp, window) of the last record
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
         if isinstance(element, ExportRecordBatch):   # a backfill batch: its records one by one
             return [out for record in element.records() for out in self.process(record, timestamp, window)]
         # a plain function, not a generator: most elements produce nothing, cheaply
         sender = self._sender
-        context = (timestamp, window)
+        context = self._context
+        if context[0] is not timestamp or context[1] is not window:
+            # a batch's records (and many streamed ones) share one: a tuple per record held
+            # for a round trip or more makes Python's full garbage collections more frequent
+            context = self._context = (timestamp, window)
         oversize = sender.add(element[0], element[1], element[2] if len(element) > 2 else None, context)
         report = sender.send(self._max_records, self._max_bytes)
         if oversize is None and report is None:

@@ -75,8 +75,7 @@ class ProfileState:
         configured audiences, so known members are not announced again but their exits are."""
         state = cls(
             identities={ns: tuple(dict.fromkeys(ids)) for ns, ids in snapshot.identities.items() if ids},
-            realized={aud: s.last_qualification_ms for aud, s in snapshot.segment_membership.items()
-                      if aud in audience_ids and s.status in ("realized", "existing")})
+            realized={aud: at for aud, at in seeded_members(snapshot).items() if aud in audience_ids})
         leaves = [(path, v) for path, v in attribute_leaves(snapshot.attributes) if v is not None]
         policies.record(state.view, state.stamps, state.datasets, leaves, None, snapshot.timestamp_ms, 0)
         return state
@@ -153,6 +152,13 @@ class ProfileState:
             del events[:bisect.bisect_left(events, now_ms - retention_ms, key=_EVENT_TIME)]
         if len(events) > max_events:
             del events[:len(events) - max_events]
+
+
+def seeded_members(snapshot: SnapshotProfile) -> Dict[str, int]:
+    """The audiences a snapshot row is a member of (``existing`` reads as ``realized``), with
+    their qualification times."""
+    return {aud: s.last_qualification_ms for aud, s in snapshot.segment_membership.items()
+            if s.status in ("realized", "existing")}
 
 
 def encode(state: ProfileState) -> bytes:
