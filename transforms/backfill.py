@@ -256,7 +256,8 @@ class SnapshotExporter:
         ``include_export_metadata``)."""
         part = f"backfill@{self.as_of_ms}"
         ids = pa.array([export_id(p, policy_id, part) for p in profile_ids.to_pylist()], pa.string())
-        return _concat(',"_export":{"id":"', ids, f'","sequence":0,"at":{self.as_of_ms},"triggers":["backfill"]}}}}')
+        before_id, after_id = RecordFormatter.export_metadata_around_id(0, self.as_of_ms, ("backfill",))
+        return _concat(before_id, ids, after_id + "}")
 
     def _entry(self, audience_id: str, member: pa.Array, row_time: pa.Array,
                known: Optional[Tuple[pa.Array, pa.Array]]) -> Optional[pa.Array]:

@@ -141,8 +141,14 @@ class RecordFormatter:
                         triggers: Iterable[str], id_part: Optional[str] = None) -> str:
         """``,"_export":{...}``: ``id`` is the hex SHA-256 of ``profileId/policy/<sequence or
         id_part>``, so a record sent twice carries the same id."""
-        return (',"_export":{"id":"' + export_id(profile_id, policy_id, str(sequence) if id_part is None else id_part)
-                + f'","sequence":{sequence},"at":{at_ms},"triggers":[' + ",".join(f'"{t}"' for t in triggers) + "]}")
+        before_id, after_id = RecordFormatter.export_metadata_around_id(sequence, at_ms, triggers)
+        return before_id + export_id(profile_id, policy_id, str(sequence) if id_part is None else id_part) + after_id
+
+    @staticmethod
+    def export_metadata_around_id(sequence: int, at_ms: int, triggers: Iterable[str]) -> Tuple[str, str]:
+        """The ``_export`` text before and after its id (the backfill puts a column of ids between)."""
+        return (',"_export":{"id":"',
+                f'","sequence":{sequence},"at":{at_ms},"triggers":[' + ",".join(f'"{t}"' for t in triggers) + "]}")
 
     @staticmethod
     def partition_key(profile_id: str) -> str:
