@@ -24,7 +24,7 @@ import pyarrow as pa
 from transforms.config import AudienceDefinition, ExportConfig, UploadSource, upload_expiries
 from transforms.errors import io_reason
 from transforms.export_decision import PathMatcher
-from transforms.rules import AudienceRule, RuleError, compile_rule
+from transforms.rules import AudienceRule, RuleError, compile_rule, event_retention_ms
 from transforms.vectorized import identity_membership
 
 _EMPTY: dict = {}
@@ -95,8 +95,7 @@ class AudienceSet:
         self.policy_ids: Tuple[str, ...] = tuple(dict.fromkeys(a.merge_policy for a in self.ordered))
         self._ids = frozenset(a.id for a in self.ordered)
         event_rules = [r for r in self.rules.values() if r.uses_events]
-        windows = [r.window_ms for r in event_rules]
-        self.event_retention_ms: Optional[int] = 0 if not windows else (None if None in windows else max(windows))
+        self.event_retention_ms: Optional[int] = event_retention_ms(event_rules)
         # a rule comparing with ``now`` outside event windows can change on any update
         self.reads_now = any(rule.reads_now for rule in self.rules.values())
         self._event_rules = tuple(event_rules)

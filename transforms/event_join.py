@@ -54,7 +54,7 @@ from apache_beam.metrics import Metrics
 
 from transforms.audiences import AudienceSet
 from transforms.model import DeadLetter
-from transforms.rules import AudienceRule, Events, as_number, compile_node, path_getter, walk
+from transforms.rules import AudienceRule, Events, as_number, compile_node, event_retention_ms, path_getter, walk
 from transforms.snapshot import (DEAD_LETTER, ReadParquetRowGroups, drop_nulls, read_row_group, split_dead_letters,
                                  times_ms)
 from transforms.timeutil import parse_timestamp_ms
@@ -156,9 +156,8 @@ class EventPlan:
         self.nodes: Tuple[Events, ...] = tuple(dict.fromkeys(
             n for rule in rules for n in walk(rule.node) if type(n) is Events))
         self.as_of_ms, self.max_events = as_of_ms, max_events
-        windows = [rule.window_ms for rule in rules]   # as AudienceSet.event_retention_ms
-        retention = None if not windows or None in windows else max(windows)
-        self.oldest_ms = None if retention is None else as_of_ms - retention
+        retention = event_retention_ms(rules)
+        self.oldest_ms = as_of_ms - retention if retention else None   # None: every event counts
         paths = [n.path for node in self.nodes if node.cond is not None for n in walk(node.cond) if hasattr(n, "path")]
         paths += [node.sum_path for node in self.nodes if node.sum_path]
         self.columns = list(dict.fromkeys(["profileId", "timestamp"] + [p[0] for p in paths]))

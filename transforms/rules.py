@@ -39,7 +39,7 @@ import datetime as _dt
 import operator
 import re
 from decimal import Decimal
-from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from transforms.timeutil import UNIT_MS, parse_timestamp_ms
 
@@ -755,3 +755,10 @@ _CHANGE_OFFSETS = {"<=": lambda w: (0, w + 1), "<": lambda w: (0, w),
 def compile_rule(audience_id: str, text: str) -> AudienceRule:
     """Parse and compile a rule once; raises ``RuleError``."""
     return AudienceRule(audience_id, text, parse_rule(text))
+
+
+def event_retention_ms(rules: Iterable["AudienceRule"]) -> Optional[int]:
+    """How long events matter to ``rules``: 0 when none reads events, ``None`` when one reads
+    them without a window (all history), else the longest window."""
+    windows = [rule.window_ms for rule in rules if rule.uses_events]
+    return 0 if not windows else (None if None in windows else max(windows))
