@@ -26,7 +26,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.common import ConfigOptions, ProgressOptions, cli_main, load_job_config, parse_command_line, rate
 from transforms.dead_letter import BundleFileWriter
 from transforms.errors import UserError
-from transforms.kinesis import PutRecords, RecordSender, check_stream, dead_letter_line, encode_data
+from transforms.kinesis import RecordSender, check_stream, dead_letter_line, encode_data
 
 FLUSH_EVERY = 5000
 
@@ -49,15 +49,15 @@ def _record(doc: dict):
     return doc["partitionKey"], encode_data(data)
 
 
-def replay(config, root: str, transport=None, progress_interval_s: float = 10.0) -> dict:
+def replay(config, root: str, progress_interval_s: float = 10.0) -> dict:
     dest = config.destination
-    check_stream(dest)
+    put_records = check_stream(dest)
     records_dir = FileSystems.join(root, "records")
     replayed_dir = FileSystems.join(records_dir, "replayed")
     found = FileSystems.match([FileSystems.join(records_dir, "*.jsonl")])[0].metadata_list
     totals = {"files": 0, "sent": 0, "failed": 0, "unreadable": 0}
     # one request at a time: dead letters are small
-    sender = RecordSender(PutRecords.for_destination(dest, transport), dest.retry, max_in_flight=1,
+    sender = RecordSender(put_records, dest.retry, max_in_flight=1,
                           max_record_bytes=dest.max_record_bytes)
     started = last_report = time.monotonic()
 

@@ -203,9 +203,9 @@ class PutRecords:
         self._head = b'{"StreamName":%s,"Records":[' % encode_basestring_ascii(stream).encode()
 
     @classmethod
-    def for_destination(cls, destination: Destination, transport=None) -> "PutRecords":
+    def for_destination(cls, destination: Destination, transport=None, session=None) -> "PutRecords":
         """The endpoint is the destination's, or the one botocore resolves for its region."""
-        session = make_session(destination)
+        session = session or make_session(destination)
         url = destination.endpoint_url or make_client(destination, session).meta.endpoint_url
         return cls(destination.stream, destination.region, url, session.get_credentials(),
                    transport or Urllib3Transport())
@@ -252,9 +252,10 @@ def response_error(status: int, body: bytes) -> Tuple[str, str]:
     return _split_error(code, message)
 
 
-def check_stream(destination: Destination, client=None, put_records: Optional[PutRecords] = None) -> None:
+def check_stream(destination: Destination, client=None, put_records: Optional[PutRecords] = None) -> PutRecords:
     """Once per job, where the pipeline is built: ListStreams (paginated) finds the stream,
     then an empty PutRecords (no record in it) shows whether kinesis:PutRecords is allowed.
+    Returns the ``PutRecords`` it checked with (one connection), for a sender in this process.
 
     Raises ``KinesisSetupError`` with one line naming the problem. AWS may answer the empty
     request with a validation error instead of a permission error; then nothing is learnt, and a
@@ -263,10 +264,13 @@ def check_stream(destination: Destination, client=None, put_records: Optional[Pu
     from urllib3.exceptions import HTTPError
     where = f"stream {destination.stream!r} in {destination.region}"
     try:
-        client = client or make_client(destination)
+        # one session for both calls: its credentials are resolved once (a credential_process or
+        # web identity federation runs once)
+        session = make_session(destination) if client is None or put_records is None else None
+        client = client or make_client(destination, session)
         if not _stream_listed(client, destination.stream):
             raise KinesisSetupError(f"{where} does not exist (or is not visible to these credentials)")
-        put_records = put_records or PutRecords.for_destination(destination, Urllib3Transport(1))
+        put_records = put_records or PutRecords.for_destination(destination, Urllib3Transport(1), session)
         status, body = put_records(())
     except ClientError as e:
         err = e.response.get("Error", {})
@@ -280,6 +284,7 @@ def check_stream(destination: Destination, client=None, put_records: Optional[Pu
         problem = describe_problem(code, "PutRecords", status)
         if problem is not None:  # a configuration error; other answers teach nothing
             raise KinesisSetupError(f"{where}: {problem}")
+    return put_records
 
 
 def _stream_listed(client, stream: str) -> bool:
