@@ -39,9 +39,10 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from pipelines.common import (KINESIS, ConfigOptions, ExportJobOptions, ProgressOptions, check_output, cli_main,
+from pipelines.common import (ConfigOptions, ExportJobOptions, ProgressOptions, check_output, cli_main,
                               count, default_runner, job_counts, load_job_config, metric_total, parse_command_line,
-                              parse_time_option, rate, require, run_pipeline, write_output)
+                              parse_time_option, rate, require, run_pipeline, uncounted, where_records_went,
+                              write_output)
 from transforms import progress
 from transforms.audiences import AudienceSet
 from transforms.backfill import ExportSnapshot
@@ -156,12 +157,15 @@ def run(argv: Sequence[str]) -> int:
     total = snapshot_rows(options.view_as(BackfillOptions).snapshot)
     result = run_pipeline(pipeline, options, lambda counts, elapsed: report_progress(counts, elapsed, total))
     counts = job_counts(result, (progress.RECORDS, progress.RECORDS_DEAD_LETTERED, progress.INPUTS_DEAD_LETTERED))
+    output = options.view_as(ExportJobOptions).output
+    where = where_records_went(config, output)
+    if counts is None:
+        print(uncounted(f"backfill as of {format_qualification_time(as_of_ms)}", options, where), file=sys.stderr)
+        return 0
     profiles = progress.counts().get(progress.PROFILES) or metric_total(result, "profiles", "backfill")
     per_audience = ", ".join(f"{a}: {metric_total(result, 'members_' + a, 'backfill')}" for a in selected)
     per_policy = ", ".join(f"{p.id}: {metric_total(result, 'records_' + p.id, 'backfill')}"
                            for p in config.merge_policies)
-    output = options.view_as(ExportJobOptions).output
-    where = f"sent to stream {config.destination.stream}" if output == KINESIS else f"written to {output}"
     dead = counts[progress.RECORDS_DEAD_LETTERED]
     print(f"backfill as of {format_qualification_time(as_of_ms)}: {profiles} profiles read; members {per_audience}; "
           f"records {per_policy}; {counts[progress.RECORDS] - dead} records {where}, {dead} records dead-lettered; "

@@ -264,13 +264,30 @@ def run_pipeline(pipeline: beam.Pipeline, options: PipelineOptions, report: Call
     return result
 
 
-def job_counts(result, names: Sequence[str]) -> Dict[str, int]:
+def job_counts(result, names: Sequence[str]) -> Optional[Dict[str, int]]:
     """The exact counts of a finished job: the in-process tally when the work ran in this
-    process (the local runners), else the runner's counters of the same steps."""
+    process (the local runners), else the runner's counters of the same steps; ``None`` when
+    the runner keeps no metrics (Beam's DaskRunner): no count rather than a false 0."""
     tally = progress.counts()
     if tally:
         return {name: tally.get(name, 0) for name in names}
+    try:
+        result.metrics()
+    except NotImplementedError:
+        return None
     return {name: metric_total(result, name, progress.NAMESPACE) for name in names}
+
+
+def where_records_went(config, output: str) -> str:
+    """For closing lines: the stream the records were sent to, or the directory they were written to."""
+    return f"sent to stream {config.destination.stream}" if output == KINESIS else f"written to {output}"
+
+
+def uncounted(job: str, options: PipelineOptions, where: str) -> str:
+    """The closing line of a job whose runner keeps no metrics."""
+    runner = str(options.view_as(StandardOptions).runner).rsplit(".", 1)[-1]
+    return (f"{job}: finished on {runner}, which reports no counts; "
+            f"the records were {where}")
 
 
 def rate(n: int, seconds: float) -> str:

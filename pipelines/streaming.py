@@ -21,9 +21,10 @@ from typing import Optional, Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.common import (KINESIS, ConfigOptions, ExportJobOptions, ProgressOptions, check_output, cli_main,
+from pipelines.common import (ConfigOptions, ExportJobOptions, ProgressOptions, check_output, cli_main,
                               default_runner, job_counts, load_job_config, parse_command_line,
-                              parse_time_option, rate, require, run_pipeline, write_output)
+                              parse_time_option, rate, require, run_pipeline, uncounted, where_records_went,
+                              write_output)
 from transforms import progress
 from transforms.config import ExportConfig
 from transforms.dead_letter import WriteDeadLetters
@@ -108,7 +109,9 @@ def run(argv: Sequence[str]) -> int:
     pipeline = beam.Pipeline(options=options)
     build(pipeline, config, options)
     result = run_pipeline(pipeline, options, report_progress)
-    print(summary(job_counts(result, COUNTS), config, job.output), file=sys.stderr)
+    counts = job_counts(result, COUNTS)
+    where = where_records_went(config, job.output)
+    print(summary(counts, where) if counts is not None else uncounted("streaming", options, where), file=sys.stderr)
     return 0
 
 
@@ -124,10 +127,9 @@ def report_progress(counts, elapsed_s: float) -> None:
           f"{counts.get(progress.RECORDS, 0)} records out, {elapsed_s:.0f} s", file=sys.stderr, flush=True)
 
 
-def summary(counts, config: ExportConfig, output: str) -> str:
+def summary(counts, where: str) -> str:
     """The closing line: exact counts of what was read, written or sent, and dead-lettered."""
     records, dead = counts[progress.RECORDS], counts[progress.RECORDS_DEAD_LETTERED]
-    where = f"sent to stream {config.destination.stream}" if output == KINESIS else f"written to {output}"
     updates, bad = counts[progress.UPDATES], counts[progress.INPUTS_DEAD_LETTERED]
     return (f"streaming: {updates + bad} inputs read: {updates} updates, {bad} dead-lettered; {records - dead} records {where}, "
             f"{dead} records dead-lettered")
