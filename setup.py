@@ -2,8 +2,42 @@
 
 Works with ``pip install -e .[test]`` and as Beam's ``--setup_file`` (workers install the
 same packages: ``pipelines``, ``transforms`` and the ``schemas`` data files).
+
+The per-update core (``COMPILED_MODULES`` of ``transforms/core_build.py``) is compiled by Cython
+when it is importable (``pyproject.toml`` makes ``pip`` fetch it) and a C compiler is there (Beam's
+SDK images have one); each extension is optional, so without them the same modules install as
+pure Python. ``KINESIS_EXPORT_PURE_PYTHON=1`` at install time skips the compilation.
 """
+import ast
+import os
+
 import setuptools
+
+
+def compiled_modules():
+    """``COMPILED_MODULES`` read from its one definition without importing the package."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "transforms", "core_build.py")) as f:
+        for node in ast.parse(f.read()).body:
+            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "COMPILED_MODULES":
+                return ast.literal_eval(node.value)
+    raise RuntimeError("COMPILED_MODULES not found in transforms/core_build.py")
+
+
+def extensions():
+    if os.environ.get("KINESIS_EXPORT_PURE_PYTHON") == "1":
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        print("Cython is not installed: the per-update core installs as pure Python")
+        return []
+    modules = [setuptools.Extension(name, [name.replace(".", "/") + ".py"], optional=True)
+               for name in compiled_modules()]
+    # the modules compile unchanged: their annotations document, they do not retype (a
+    # ``Dict[str, bool]`` value may still be None, as in Python)
+    return cythonize(modules, build_dir="build/cython", quiet=True, nthreads=os.cpu_count() or 1,
+                     compiler_directives={"language_level": 3, "annotation_typing": False})
+
 
 setuptools.setup(
     name="kinesis-profile-export",
@@ -12,6 +46,8 @@ setuptools.setup(
     packages=["pipelines", "transforms", "schemas"],
     package_data={"schemas": ["*.json", "*.avsc"]},
     python_requires=">=3.10",
+    ext_modules=extensions(),
+    options={"build_ext": {"parallel": os.cpu_count() or 1}},
     install_requires=[
         "apache-beam>=2.60",
         "boto3>=1.34",

@@ -42,7 +42,8 @@ from transforms import profile_state
 from transforms.audiences import AudienceSet
 from transforms.config import (Activation, AudienceDefinition, Destination, ExportConfig, MappedAudience,
                                Mapping, MergePolicyConfig)
-from transforms.export import ExportProfileChanges, ProfileExporter
+from transforms.export import ExportProfileChanges
+from transforms.exporter import ProfileExporter
 from transforms.model import ProfileUpdate
 from transforms.profile_state import ProfileState
 

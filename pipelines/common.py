@@ -20,7 +20,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from transforms import progress
+from transforms import core_build, progress
 from transforms.config import ExportConfig, load_config
 from transforms.errors import UserError
 from transforms.timeutil import parse_timestamp_ms
@@ -311,6 +311,7 @@ def cli_main(run: Callable[[Sequence[str]], int], argv: Optional[Sequence[str]] 
     """Run a job; a user error (bad config, unreadable input, missing stream or permission)
     becomes one line on stderr and a non-zero exit, never a traceback."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    core_build.warn_if_pure()
     try:
         return run(sys.argv[1:] if argv is None else list(argv))
     except SystemExit as e:  # --help

@@ -16,7 +16,7 @@ from transforms import backfill as B
 from transforms.audiences import AudienceSet, compile_consent
 from transforms.config import (Activation, AudienceDefinition, DataUsage, MappedAudience, MergePolicyConfig,
                                UploadSource, forbidden_labels)
-from transforms.export import ProfileExporter
+from transforms.exporter import ProfileExporter
 from transforms.export_decision import ExportDecider, ExportPlan
 from transforms.model import ProfileUpdate, SegmentStatus, SnapshotProfile
 from transforms.profile_state import ProfileState, decode, encode

@@ -12,7 +12,7 @@ import pytest
 from tests.export_helpers import audience, make_config
 from transforms.audiences import AudienceSet
 from transforms.config import Activation, AudienceDefinition, MappedAudience, MergePolicyConfig, UploadSource
-from transforms.export import ProfileExporter
+from transforms.exporter import ProfileExporter
 from transforms.model import ProfileUpdate
 from transforms.profile_state import ProfileState
 

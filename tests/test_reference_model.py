@@ -30,7 +30,7 @@ from tests.export_helpers import audience, make_config
 from tests.reference_model import ReferenceProfile
 from transforms.audiences import AudienceSet
 from transforms.config import Activation, AudienceDefinition, MappedAudience, MergePolicyConfig, UploadSource
-from transforms.export import ProfileExporter
+from transforms.exporter import ProfileExporter
 from transforms.model import ProfileUpdate, SegmentStatus, SnapshotProfile
 from transforms.profile_state import ProfileState
 

@@ -1,0 +1,111 @@
+"""The compiled core: the per-update modules compiled by Cython at install time, and the way
+back to their pure-Python source.
+
+The modules of ``COMPILED_MODULES`` are plain Python and stay the source of truth: ``setup.py``
+compiles them unchanged (when Cython and a C compiler are there at install time: ``pip install``
+fetches Cython itself) into extension modules beside them, which Python's import prefers. Both
+builds give the same records (the tests run the property tests on both); the compiled one spends
+less CPU per update (BENCHMARKS.md). Modules holding Beam DoFns are not compiled: Beam pickles
+their functions, which a compiled function cannot be.
+
+The pure-Python source of a compiled module is imported instead when
+- ``KINESIS_EXPORT_PURE_PYTHON=1`` is set (to debug, profile or compare the builds), or
+- the source was edited after it was compiled (an editable install does not rebuild on edit:
+  ``pip install -e .`` again does), with a one-line warning naming it.
+
+``warn_if_pure`` is called where a job starts and where a worker sets the exporter up: a core
+that could not be compiled runs as pure Python, with a one-line warning saying so.
+"""
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import logging
+import os
+import sys
+from typing import Dict, List, Optional
+
+# the per-update path: rules, merge policies, state, audiences, the export decision, formatting
+COMPILED_MODULES = ("transforms.timeutil", "transforms.rules", "transforms.merge", "transforms.profile_state",
+                    "transforms.audiences", "transforms.export_decision", "transforms.record_format",
+                    "transforms.exporter")
+PURE_ENV = "KINESIS_EXPORT_PURE_PYTHON"
+# a source newer than its extension by more than this was edited after the build (files of one
+# wheel or one build are written within moments of each other)
+_EDITED_AFTER_S = 2.0
+
+_LOG = logging.getLogger(__name__)
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_warned = False
+
+
+def _source(name: str) -> str:
+    return os.path.join(_PACKAGE_DIR, name.rpartition(".")[2] + ".py")
+
+
+def _extension(name: str) -> Optional[str]:
+    stem = os.path.join(_PACKAGE_DIR, name.rpartition(".")[2])
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        if os.path.exists(stem + suffix):
+            return stem + suffix
+    return None
+
+
+def _edited_after_build(name: str) -> bool:
+    extension = _extension(name)
+    return extension is not None and os.path.getmtime(_source(name)) > os.path.getmtime(extension) + _EDITED_AFTER_S
+
+
+class _PureSource(importlib.abc.MetaPathFinder):
+    """Imports the listed modules from their ``.py`` source even where an extension module exists."""
+
+    def __init__(self, names: frozenset):
+        self.names = names
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname in self.names:
+            return importlib.util.spec_from_file_location(fullname, _source(fullname))
+        return None
+
+
+def install(environ=os.environ) -> None:
+    """Called by ``transforms/__init__.py``, before any compiled module is imported."""
+    if any(isinstance(finder, _PureSource) for finder in sys.meta_path):
+        return
+    if environ.get(PURE_ENV) == "1":
+        pure = frozenset(COMPILED_MODULES)
+    else:
+        pure = frozenset(name for name in COMPILED_MODULES if _edited_after_build(name))
+        for name in sorted(pure):
+            _LOG.warning("%s was edited after it was compiled: running its Python source "
+                         "(pip install -e . rebuilds it)", _source(name))
+    if pure:
+        sys.meta_path.insert(0, _PureSource(pure))
+
+
+def builds() -> Dict[str, str]:
+    """``{module: "compiled" | "pure"}`` as imported in this process."""
+    found = {}
+    for name in COMPILED_MODULES:
+        origin = importlib.import_module(name).__spec__.origin or ""
+        found[name] = "compiled" if origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)) else "pure"
+    return found
+
+
+def not_compiled() -> List[str]:
+    """The core modules running as pure Python although nobody asked for it."""
+    if os.environ.get(PURE_ENV) == "1":
+        return []
+    return [name for name, build in builds().items() if build == "pure" and not _edited_after_build(name)]
+
+
+def warn_if_pure() -> None:
+    """One warning line per process when the core could not be compiled at install time."""
+    global _warned
+    missing = [] if _warned else not_compiled()
+    if missing:
+        _warned = True
+        _LOG.warning("the per-update core is not compiled (%s): running it as pure Python, same records, "
+                     "more CPU per update; install with Cython and a C compiler present to compile it",
+                     ", ".join(m.rpartition(".")[2] for m in missing))
