@@ -8,26 +8,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
+from typing import Optional
 
 from bench.common import machine, timed_process
+from transforms.core_build import PURE_ENV
 
 FULL = {"rules": ["--profiles", "200000"], "backfill": [1_000_000], "scaling": [100_000, 300_000],
         "backfill_large": ["--profiles", "10000000", "--repeat", "2"],
         "backfill_events": ["--profiles", "1000000", "--events", "10000000", "--repeat", "2"],
-        "streaming": ["--updates", "50000", "--profiles", "10000", "--variant", "consent"],
+        "streaming": ["--updates", "50000", "--profiles", "10000"],
         "memory": [100_000, 300_000, 1_000_000], "latency": [(200, 20), (2000, 10), (4000, 15)], "sink": ["--records", "100000", "--shards", "4,16,64", "--seconds", "10"]}
 QUICK = {"rules": ["--profiles", "50000", "--repeat", "1"], "backfill": [200_000], "scaling": [100_000],
          "backfill_large": ["--profiles", "500000", "--repeat", "1"],
          "backfill_events": ["--profiles", "100000", "--events", "1000000", "--repeat", "1"],
-         "streaming": ["--updates", "10000", "--profiles", "2000", "--repeat", "1", "--variant", "consent"],
+         "streaming": ["--updates", "10000", "--profiles", "2000", "--repeat", "1"],
          "memory": [20_000, 50_000], "latency": [(200, 5), (2000, 3), (4000, 3)], "sink": ["--records", "20000", "--repeat", "1", "--shards", "4,16,64", "--seconds", "3"]}
 
 
-def run_module(module: str, *args) -> list:
-    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True)
+def run_module(module: str, *args, env: Optional[dict] = None) -> list:
+    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+                          env=None if env is None else {**os.environ, **env})
     if proc.returncode != 0:
         raise SystemExit(f"{module} failed:\n{proc.stderr[-3000:]}")
     return [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
@@ -96,6 +100,30 @@ def streaming_verdict(s: dict) -> str:
         "less than the marshal of the state alone. Only a compiled core with typed state (a packed layout "
         "instead of marshalled dicts, typed evaluation) could reach 0.7 on this runner; on Flink or Dataflow "
         "the runner's own per-update cost, not this DirectRunner's, is the reference.")
+
+
+def streaming_builds(s: dict, pure: Optional[dict]) -> list:
+    """The compiled and the pure-Python core side by side (each run in its own process)."""
+    if not pure:
+        return []
+    rows = [("export updates/s", "export_updates_per_s"), ("bare counting DoFn updates/s", "count_per_key_updates_per_s"),
+            ("ratio (goal ≥ 0.7)", "ratio"), ("ratio in CPU seconds", "cpu_ratio"),
+            ("export logic alone, updates/s", "pure_updates_per_s")]
+    split = [("source", "source"), ("runner keyed state", "runner_keyed_state"), ("export logic", "export_logic"),
+             ("runner timers, outputs, extra GC", "runner_timers_and_outputs")]
+    lines = ["| per update | compiled core | pure-Python core |", "|---|---|---|"]
+    lines += [f"| {label} | {fmt(s.get(key))} | {fmt(pure.get(key))} |" for label, key in rows]
+    lines += [f"| CPU µs: {label} | {fmt((s.get('us_per_update') or {}).get(key))} | "
+              f"{fmt((pure.get('us_per_update') or {}).get(key))} |" for label, key in split]
+    lines += [f"| CPU µs: timer parameter alone | {fmt(s.get('us_timer_parameter'))} | {fmt(pure.get('us_timer_parameter'))} |",
+              f"| CPU µs: garbage collector, bare / export | {fmt((s.get('us_garbage_collector') or {}).get('count_per_key'))} / "
+              f"{fmt((s.get('us_garbage_collector') or {}).get('export'))} | "
+              f"{fmt((pure.get('us_garbage_collector') or {}).get('count_per_key'))} / "
+              f"{fmt((pure.get('us_garbage_collector') or {}).get('export'))} |",
+              f"| records | {fmt(s.get('records'))} | {fmt(pure.get('records'))} |"]
+    return ["The two builds of the per-update core (`transforms/core_build.py`), each benchmark in its own "
+            "process: the compiled one above (`core`: compiled), the same run with `KINESIS_EXPORT_PURE_PYTHON=1`.",
+            "", *lines, ""]
 
 
 def streaming_memory(rows: list, s: dict) -> list:
@@ -223,6 +251,7 @@ def document(results: dict, quick: bool, seconds: float) -> str:
         json.dumps(s, indent=1),
         "```",
         "",
+        *streaming_builds(s, results.get("streaming_pure")),
         streaming_verdict(s),
         "",
         *consent_cost(s),
@@ -310,7 +339,8 @@ def main(argv=None) -> int:
     print("backfill with events ...", file=sys.stderr, flush=True)
     results["backfill_events"] = run_module("bench.backfill_bench", *plan["backfill_events"])[-1]
     print("streaming ...", file=sys.stderr, flush=True)
-    results["streaming"] = run_module("bench.streaming_bench", *plan["streaming"])[-1]
+    results["streaming"] = run_module("bench.streaming_bench", *plan["streaming"], "--variant", "consent")[-1]
+    results["streaming_pure"] = run_module("bench.streaming_bench", *plan["streaming"], env={PURE_ENV: "1"})[-1]
     results["memory"] = [streaming_memory_run(n) for n in plan["memory"]]
     print("latency ...", file=sys.stderr, flush=True)
     results["latency"] = [run_module("bench.latency_bench", "--rate", rate, "--seconds", seconds)[-1]

@@ -17,6 +17,10 @@ keeps them; CPU time), the ceiling the DoFn can approach;
 and in the export's (``gc.callbacks``), a large share of both on this runner, which holds each
 step's whole input in memory.
 
+The per-update core runs as this process imported it (``core`` in the report): compiled when the
+package was installed with Cython, its Python source with ``KINESIS_EXPORT_PURE_PYTHON=1``;
+``python -m bench`` runs this benchmark once for each.
+
 ``--variant consent`` also runs, alternating with the others, the same export with
 ``activation.consent`` on (a consent attribute written by one update in twenty, so profiles opt
 out and back in) and reports its throughput and its ratio to the export without it: what
@@ -38,7 +42,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 
-from transforms import profile_state
+from transforms import core_build, profile_state
 from transforms.audiences import AudienceSet
 from transforms.config import (Activation, AudienceDefinition, Destination, ExportConfig, MappedAudience,
                                Mapping, MergePolicyConfig)
@@ -237,8 +241,11 @@ def main(argv=None) -> dict:
         pure_cpu = min(pure_cpu, time.process_time() - cpu)
     sizes = [len(s) for s in states.values()]
 
+    builds = set(core_build.builds().values())
     report = {
         "runner": "BundleBasedDirectRunner",
+        # the per-update core as this process imported it (KINESIS_EXPORT_PURE_PYTHON=1: its Python source)
+        "core": builds.pop() if len(builds) == 1 else "mixed",
         "updates": n,
         "profiles": k,
         "export_updates_per_s": round(n / export_s),
