@@ -7,6 +7,9 @@ The per-update core (``COMPILED_MODULES`` of ``transforms/core_build.py``) is co
 when it is importable (``pyproject.toml`` makes ``pip`` fetch it) and a C compiler is there (Beam's
 SDK images have one); each extension is optional, so without them the same modules install as
 pure Python. ``KINESIS_EXPORT_PURE_PYTHON=1`` at install time skips the compilation.
+Cython (a build-time dependency only, in ``pyproject.toml``) rather than mypyc: it compiles the
+modules as they are, with Python's semantics, where mypyc needs the whole core to type-check
+strictly and then enforces the annotations at run time.
 """
 import ast
 import os
@@ -33,10 +36,14 @@ def extensions():
         return []
     modules = [setuptools.Extension(name, [name.replace(".", "/") + ".py"], optional=True)
                for name in compiled_modules()]
-    # the modules compile unchanged: their annotations document, they do not retype (a
-    # ``Dict[str, bool]`` value may still be None, as in Python)
-    return cythonize(modules, build_dir="build/cython", quiet=True, nthreads=os.cpu_count() or 1,
-                     compiler_directives={"language_level": 3, "annotation_typing": False})
+    try:
+        # the modules compile unchanged: their annotations document, they do not retype (a
+        # ``Dict[str, bool]`` value may still be None, as in Python)
+        return cythonize(modules, build_dir="build/cython", quiet=True, nthreads=os.cpu_count() or 1,
+                         compiler_directives={"language_level": 3, "annotation_typing": False})
+    except Exception as e:   # a Cython that cannot translate them: the same modules as Python
+        print(f"Cython could not translate the per-update core ({e}): it installs as pure Python")
+        return []
 
 
 setuptools.setup(

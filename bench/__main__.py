@@ -171,6 +171,7 @@ def document(results: dict, quick: bool, seconds: float) -> str:
     b, s, k = results["backfill"], results["streaming"], results["sink"][0]
     latencies, capacity = results["latency"], results["sink"][1:]
     big, ev = results["backfill_large"], results["backfill_events"]
+    pure_rules = {(r["rule"], r["evaluator"]): r["profiles_per_s"] for r in results.get("rules_pure", ())}
     lines = [
         "# Benchmarks",
         "",
@@ -296,11 +297,13 @@ def document(results: dict, quick: bool, seconds: float) -> str:
         "## Rule evaluators",
         "",
         "`python -m bench.rules_bench`: profiles per second of the per-profile (streaming) and vectorized "
-        "(backfill) evaluators on three typical rules over a generated snapshot.",
+        "(backfill) evaluators on three typical rules over a generated snapshot, with the compiled core and "
+        "with its Python source (`KINESIS_EXPORT_PURE_PYTHON=1`; the vectorized evaluator is pyarrow either way).",
         "",
-        "| rule | evaluator | profiles/s |",
-        "|---|---|---|",
-        *[f"| {r['rule']} | {r['evaluator']} | {fmt(r['profiles_per_s'])} |" for r in results["rules"]],
+        "| rule | evaluator | profiles/s, compiled core | profiles/s, pure-Python core |",
+        "|---|---|---|---|",
+        *[f"| {r['rule']} | {r['evaluator']} | {fmt(r['profiles_per_s'])} | "
+          f"{fmt(pure_rules.get((r['rule'], r['evaluator'])))} |" for r in results["rules"]],
         "",
         "## Reproduce",
         "",
@@ -347,6 +350,8 @@ def main(argv=None) -> int:
     results["sink"] = run_module("bench.sink_bench", *plan["sink"])  # raw efficiency, then one row per shard count
     print("rules ...", file=sys.stderr, flush=True)
     results["rules"] = [r for r in run_module("bench.rules_bench", *plan["rules"]) if "profiles_per_s" in r]
+    results["rules_pure"] = [r for r in run_module("bench.rules_bench", *plan["rules"], env={PURE_ENV: "1"})
+                             if "profiles_per_s" in r]
     with open(args.output, "w") as f:
         f.write(document(results, args.quick, time.time() - started))
     print(f"wrote {args.output} in {time.time() - started:.0f} s", file=sys.stderr)
