@@ -19,7 +19,7 @@ def test_the_suite_runs_on_the_build_it_asks_for():
     want = "pure" if PURE else "compiled"
     wrong = [name for name, build in found.items() if build != want]
     assert not wrong, (f"{', '.join(wrong)} run as {'compiled' if PURE else 'pure Python'}: "
-                       + ("" if PURE else "install with Cython and a C compiler (pip install -e .)"))
+                       + ("" if PURE else "(re)install with Cython and a C compiler present: pip install -e ."))
 
 
 def test_pure_python_is_one_variable_away():
