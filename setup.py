@@ -32,7 +32,7 @@ def extensions():
     try:
         from Cython.Build import cythonize
     except ImportError:
-        print("Cython is not installed: the per-update core installs as pure Python")
+        print("Cython is not importable here: this build of the per-update core is pure Python")
         return []
     modules = [setuptools.Extension(name, [name.replace(".", "/") + ".py"], optional=True)
                for name in compiled_modules()]
