@@ -106,6 +106,6 @@ def warn_if_pure() -> None:
     missing = [] if _warned else not_compiled()
     if missing:
         _warned = True
-        _LOG.warning("the per-update core is not compiled (%s): running it as pure Python, same records, "
-                     "more CPU per update; install with Cython and a C compiler present to compile it",
-                     ", ".join(m.rpartition(".")[2] for m in missing))
+        which = "" if len(missing) == len(COMPILED_MODULES) else f" ({', '.join(m.rpartition('.')[2] for m in missing)})"
+        _LOG.warning("the per-update core is not compiled%s: running it as pure Python, same records, more CPU "
+                     "per update; install with Cython and a C compiler present to compile it", which)
