@@ -21,7 +21,7 @@ FULL = {"rules": ["--profiles", "200000"], "backfill": [1_000_000], "scaling": [
         "backfill_large": ["--profiles", "10000000", "--repeat", "2"],
         "backfill_events": ["--profiles", "1000000", "--events", "10000000", "--repeat", "2"],
         "streaming": ["--updates", "50000", "--profiles", "10000"],
-        "memory": [100_000, 300_000, 1_000_000], "latency": [(200, 20), (2000, 10), (4000, 15)], "sink": ["--records", "100000", "--shards", "4,16,64", "--seconds", "10"]}
+        "memory": [100_000, 300_000, 1_000_000], "latency": [(200, 20), (2000, 10), (4000, 15), (5000, 15)], "sink": ["--records", "100000", "--shards", "4,16,64", "--seconds", "10"]}
 QUICK = {"rules": ["--profiles", "50000", "--repeat", "1"], "backfill": [200_000], "scaling": [100_000],
          "backfill_large": ["--profiles", "500000", "--repeat", "1"],
          "backfill_events": ["--profiles", "100000", "--events", "1000000", "--repeat", "1"],
@@ -317,6 +317,7 @@ def document(results: dict, quick: bool, seconds: float) -> str:
         "python -m bench.latency_bench --rate 200 --seconds 20",
         "python -m bench.latency_bench --rate 2000 --seconds 10",
         "python -m bench.latency_bench --rate 4000 --seconds 15",
+        "python -m bench.latency_bench --rate 5000 --seconds 15",
         "python -m bench.sink_bench --records 100000 --shards 4,16,64 --seconds 10",
         "python -m bench.rules_bench          # rule evaluators, per profile and vectorized",
         "```",
