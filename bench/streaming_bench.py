@@ -15,7 +15,9 @@ keeps them; CPU time), the ceiling the DoFn can approach;
 ``us_timer_parameter`` is what declaring an event-time timer alone costs the bare DoFn;
 ``us_garbage_collector`` the CPU the collector's passes took per update in the bare DoFn's run
 and in the export's (``gc.callbacks``), a large share of both on this runner, which holds each
-step's whole input in memory.
+step's whole input in memory. What the process holds before a run (modules, what earlier runs
+left in Beam's caches) is frozen out of the collector's passes (``gc.freeze``) during it, so a
+run's figure does not depend on how many pipelines ran before it.
 
 The per-update core runs as this process imported it (``core`` in the report): compiled when the
 package was installed with Cython, its Python source with ``KINESIS_EXPORT_PURE_PYTHON=1``;
@@ -143,6 +145,7 @@ def _run(build) -> Tuple[float, float, float, Any]:
     p = beam.Pipeline(options=PipelineOptions(runner="BundleBasedDirectRunner"))
     build(p)
     gc.collect()   # the runs before leave garbage of their own: not this run's to collect
+    gc.freeze()    # nor what they left alive (Beam's caches grow with each pipeline built): not this run's to walk
     collector = _CollectorTime()
     gc.callbacks.append(collector)
     try:
@@ -152,6 +155,7 @@ def _run(build) -> Tuple[float, float, float, Any]:
         return time.perf_counter() - start, time.process_time() - cpu, collector.seconds, result
     finally:
         gc.callbacks.remove(collector)
+        gc.unfreeze()
 
 
 class _CollectorTime:
