@@ -20,6 +20,10 @@ AUDIENCES = [
     ("aud-johns", 'person.name.firstName.startsWith("J") and personalEmail.address.isNotNull()'),
 ]
 
+# values a benchmark hands to the DoFns it runs in this process: a module run as ``__main__`` is
+# pickled by value with its DoFns, data and all, and the runner unpickles them per bundle
+IN_PROCESS: dict = {}
+
 
 EVENT_AUDIENCES = [
     ("aud-active", "xEvent[timestamp occurs <= 30 days before now].count() >= 2"),

@@ -11,7 +11,12 @@ the split ``us_per_update`` is in CPU µs too. ``pure_updates_per_s`` is the per
 (no Beam, with a state decode and encode per update and the states kept encoded, as the runner
 keeps them; CPU time), the ceiling the DoFn can approach;
 ``us_per_update`` splits an update's time between the source, the runner's keyed state
-(bare DoFn minus source), that logic, and the rest (timers, outputs, metrics);
+(bare DoFn minus source), that logic, what the runner charges the export beyond counting
+(``ExportRunnerTwin``, the export's state bytes, timer and records without its logic, minus the
+bare DoFn: the timer parameter, records out and the step after them, the collector's passes over
+them) and the logic as it costs inside the pipeline (the export minus the twin);
+``cpu_ratio_with_free_logic`` (the bare DoFn against the twin) is the most the export's ratio could
+be on this runner whatever its logic;
 ``us_timer_parameter`` is what declaring an event-time timer alone costs the bare DoFn;
 ``us_garbage_collector`` the CPU the collector's passes took per update in the bare DoFn's run
 and in the export's (``gc.callbacks``), a large share of both on this runner, which holds each
@@ -39,11 +44,12 @@ import time
 from typing import Any, Iterator, Tuple
 
 import apache_beam as beam
-from apache_beam.coders import VarIntCoder
+from apache_beam.coders import BytesCoder, VarIntCoder
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 
+from bench import common
 from transforms import core_build, profile_state
 from transforms.audiences import AudienceSet
 from transforms.config import (Activation, AudienceDefinition, Destination, ExportConfig, MappedAudience,
@@ -133,6 +139,44 @@ class CountPerKeyTimed(CountPerKey):
         return ()
 
 
+
+class ExportRunnerTwin(beam.DoFn):
+    """The export's dealings with the runner without its logic: the same state cell (bytes the
+    runner passes through), the same timer declared, the export's own state bytes written and its
+    records emitted for each update, looked up instead of computed. Against the bare DoFn it is
+    what the runner charges the export beyond counting; against the export, what its logic costs
+    inside the pipeline; alone, the ratio the export would have if its logic cost nothing."""
+    PROFILE = ReadModifyWriteStateSpec("profile", BytesCoder())
+    TIME_CHANGE = TimerSpec("time_change", TimeDomain.WATERMARK)
+
+    def setup(self):
+        # what the export gives each update (its state bytes after it, its records), by update
+        # timestamp (unique per update), handed over by ``main`` in this process
+        self._results = common.IN_PROCESS["export_results"]   # the module, not the dict: pickled by name
+
+    def process(self, element, profile=beam.DoFn.StateParam(PROFILE), time_change=beam.DoFn.TimerParam(TIME_CHANGE)):
+        profile.read()
+        state, records = self._results[element[1].timestamp_ms]
+        profile.write(state)
+        return records
+
+    @on_timer(TIME_CHANGE)
+    def on_time_change(self):
+        return ()
+
+
+def export_results(updates, until_ms: int) -> dict:
+    exporter = ProfileExporter(CONFIG, AudienceSet.from_config(CONFIG), until_ms=until_ms)
+    states, results = {}, {}
+    for update in updates:
+        encoded = states.get(update.profile_id)
+        state = profile_state.decode(encoded) if encoded else ProfileState()
+        records = [record for record, _ in exporter.update(update.profile_id, state, update)]
+        states[update.profile_id] = profile_state.encode(state)
+        results[update.timestamp_ms] = states[update.profile_id], records
+    return results
+
+
 def _source(p, updates: int, profiles: int, consent: bool = False):
     chunks = range((updates + CHUNK - 1) // CHUNK)
     return (p | "Chunks" >> beam.Create(list(chunks), reshuffle=False)
@@ -202,9 +246,11 @@ def main(argv=None) -> dict:
         return report
     n, k = args.updates, args.profiles
 
+    updates = [u for chunk in range((n + CHUNK - 1) // CHUNK) for u in generate(chunk, n, k)]
+    common.IN_PROCESS["export_results"] = export_results(updates, T0 + n * 1000)
     inf = float("inf")
     baseline_s = export_s = source_s = consent_s = inf
-    baseline_cpu = export_cpu = source_cpu = consent_cpu = timed_cpu = inf
+    baseline_cpu = export_cpu = source_cpu = consent_cpu = timed_cpu = twin_cpu = inf
     baseline_gc = export_gc = inf
     consent_result = None
     for _ in range(args.repeat):
@@ -223,6 +269,11 @@ def main(argv=None) -> dict:
                             | "Key" >> beam.Map(lambda u: (u.profile_id, u)).with_output_types(Tuple[str, Any])
                             | "CountTimed" >> beam.ParDo(CountPerKeyTimed()))
         timed_cpu = min(timed_cpu, cpu)
+        _, cpu, _, _ = _run(lambda p: _source(p, n, k)
+                            | "Key" >> beam.Map(lambda u: (u.profile_id, u)).with_output_types(Tuple[str, Any])
+                            | "Twin" >> beam.ParDo(ExportRunnerTwin())
+                            | "Discard" >> beam.Map(lambda r: None))
+        twin_cpu = min(twin_cpu, cpu)
         seconds, cpu, collected, result = _run(lambda p: _source(p, n, k)
                                                | ExportProfileChanges(CONFIG, until_ms=T0 + n * 1000)
                                                | "Discard" >> beam.Map(lambda r: None))
@@ -232,7 +283,6 @@ def main(argv=None) -> dict:
     # the per-profile logic alone (generation excluded), and the final state sizes
     exporter = ProfileExporter(CONFIG, AudienceSet.from_config(CONFIG), until_ms=T0 + n * 1000)
     states = {}
-    updates = [u for chunk in range((n + CHUNK - 1) // CHUNK) for u in generate(chunk, n, k)]
     pure_cpu = inf
     for _ in range(args.repeat):
         states = {}   # encoded, as the runner keeps them (live states would load the collector)
@@ -257,6 +307,8 @@ def main(argv=None) -> dict:
         "ratio": round(baseline_s / export_s, 3),
         # the same ratio in CPU seconds: what other work on a shared machine disturbs least
         "cpu_ratio": round(baseline_cpu / export_cpu, 3),
+        # the CPU ratio the export would have if its logic cost nothing (ExportRunnerTwin)
+        "cpu_ratio_with_free_logic": round(baseline_cpu / twin_cpu, 3),
         "pure_updates_per_s": round(n / pure_cpu),
         "records": counters.get("records"),
         "exports_by_trigger": {kind: counters.get(f"exports_{kind}") for kind in ("audience", "identity", "attribute")},
@@ -264,7 +316,9 @@ def main(argv=None) -> dict:
         "us_per_update": {"source": round(source_cpu / n * 1e6, 1),
                           "runner_keyed_state": round((baseline_cpu - source_cpu) / n * 1e6, 1),
                           "export_logic": round(pure_cpu / n * 1e6, 1),
-                          "runner_timers_and_outputs": round((export_cpu - baseline_cpu - pure_cpu) / n * 1e6, 1)},
+                          # the twin beyond the bare DoFn, and the export beyond the twin
+                          "runner_timers_and_outputs": round((twin_cpu - baseline_cpu) / n * 1e6, 1),
+                          "export_logic_in_pipeline": round((export_cpu - twin_cpu) / n * 1e6, 1)},
         # of which the timer parameter alone (the bare DoFn declaring a timer it never sets)
         "us_timer_parameter": round((timed_cpu - baseline_cpu) / n * 1e6, 1),
         # of the CPU time above, the garbage collector's passes (least of the runs), mostly over
