@@ -41,7 +41,7 @@ import gc
 import json
 import random
 import time
-from typing import Any, Iterator, Tuple
+from typing import Any, Iterator, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.coders import BytesCoder, VarIntCoder
@@ -165,16 +165,20 @@ class ExportRunnerTwin(beam.DoFn):
         return ()
 
 
-def export_results(updates, until_ms: int) -> dict:
-    exporter = ProfileExporter(CONFIG, AudienceSet.from_config(CONFIG), until_ms=until_ms)
-    states, results = {}, {}
+def run_logic(exporter: ProfileExporter, updates, results: Optional[dict] = None) -> dict:
+    """The per-profile logic alone over ``updates``, states kept encoded as the runner keeps them
+    (live states would load the collector); returns the final states. ``results``: also filled
+    with what each update gave, by update timestamp (unique per update): its state bytes after
+    it and its records, for ``ExportRunnerTwin``."""
+    states = {}
     for update in updates:
         encoded = states.get(update.profile_id)
         state = profile_state.decode(encoded) if encoded else ProfileState()
-        records = [record for record, _ in exporter.update(update.profile_id, state, update)]
-        states[update.profile_id] = profile_state.encode(state)
-        results[update.timestamp_ms] = states[update.profile_id], records
-    return results
+        out = exporter.update(update.profile_id, state, update)
+        encoded = states[update.profile_id] = profile_state.encode(state)
+        if results is not None:
+            results[update.timestamp_ms] = encoded, [record for record, _ in out]
+    return states
 
 
 def _source(p, updates: int, profiles: int, consent: bool = False):
@@ -247,7 +251,8 @@ def main(argv=None) -> dict:
     n, k = args.updates, args.profiles
 
     updates = [u for chunk in range((n + CHUNK - 1) // CHUNK) for u in generate(chunk, n, k)]
-    common.IN_PROCESS["export_results"] = export_results(updates, T0 + n * 1000)
+    exporter = ProfileExporter(CONFIG, AudienceSet.from_config(CONFIG), until_ms=T0 + n * 1000)
+    run_logic(exporter, updates, common.IN_PROCESS.setdefault("export_results", {}))
     inf = float("inf")
     baseline_s = export_s = source_s = consent_s = inf
     baseline_cpu = export_cpu = source_cpu = consent_cpu = timed_cpu = twin_cpu = inf
@@ -281,17 +286,10 @@ def main(argv=None) -> dict:
     counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
 
     # the per-profile logic alone (generation excluded), and the final state sizes
-    exporter = ProfileExporter(CONFIG, AudienceSet.from_config(CONFIG), until_ms=T0 + n * 1000)
-    states = {}
     pure_cpu = inf
     for _ in range(args.repeat):
-        states = {}   # encoded, as the runner keeps them (live states would load the collector)
         cpu = time.process_time()
-        for update in updates:
-            encoded = states.get(update.profile_id)
-            state = profile_state.decode(encoded) if encoded else ProfileState()
-            exporter.update(update.profile_id, state, update)
-            states[update.profile_id] = profile_state.encode(state)
+        states = run_logic(exporter, updates)
         pure_cpu = min(pure_cpu, time.process_time() - cpu)
     sizes = [len(s) for s in states.values()]
 
