@@ -6,7 +6,7 @@
   npm into ``bench/out/kinesalite`` on first use; moto server when npm is not there) receives the
   same records twice: through ``KinesisWrite``'s DoFn, driven as a runner drives it (bodies
   built and SigV4-signed per request, per-key order, retry bookkeeping, requests in flight over
-  a urllib3 pool), and as raw PutRecords requests built and signed before timing, POSTed over
+  keep-alive connections), and as raw PutRecords requests built and signed before timing, POSTed over
   as many keep-alive connections as the sink has requests in flight. Goal: 0.9 or more of the raw
   rate at 30 µs client CPU per record or less.
 - Shard capacity: ``bench.shard_endpoint`` behaves like a provisioned stream of S shards (1,000
@@ -16,6 +16,9 @@
   four records a key in sequence. The rate leaves out the idle stream's first second (its full
   buckets): (delivered - S x 1,000) / wall time. Goal: 0.9 or more of S x 1,000 records/s,
   per-key order kept on what arrived, nothing lost, 10 µs client CPU per record or less.
+  ``--capacity_repeat`` runs per stream size (a fresh endpoint each): the best rate and the
+  least CPU count, as the raw part takes the best of its runs; order, losses and repeats count
+  over every run.
 
 Client CPU is this process's CPU time (all its threads) over the records sent, with what the
 process held before timing (modules, prepared records) frozen out of Python's full garbage
@@ -207,25 +210,37 @@ def raw_efficiency(n: int, repeat: int) -> dict:
 
 # ------------------------------------------------------------------ shard capacity
 
-def shard_capacity(shards: int, seconds: float) -> dict:
+def shard_capacity(shards: int, seconds: float, repeat: int = 1) -> dict:
+    """``repeat`` runs, each against a fresh endpoint (an idle stream); the best rate and the
+    least CPU count (the machine is shared), what was lost, repeated or out of order in any run."""
     capacity = shards * 1000
     n = int(capacity * seconds)
     recs = records(n, max(1, n // 4))
-    with shard_endpoint(shards) as url:
-        fn = write_fn(destination(url))
-        idle = stats(url)["cpu_s"]
-        wall, cpu, dead = measure(lambda: drive(fn, recs, capacity))
-        fn.teardown()
-        got = stats(url)
-    delivered = got["accepted"] - got["repeated"]
-    rate = (delivered - capacity) / wall  # beyond the idle stream's first second, which is free
-    return emit({"benchmark": "sink_capacity", "shards": shards, "records": n, "capacity_records_per_s": capacity,
-                 "delivered_records_per_s": round(rate), "ratio": round(rate / capacity, 2),
+    runs = []
+    for _ in range(repeat):
+        with shard_endpoint(shards) as url:
+            fn = write_fn(destination(url))
+            idle = stats(url)["cpu_s"]
+            wall, cpu, dead = measure(lambda: drive(fn, recs, capacity))
+            fn.teardown()
+            got = stats(url)
+        delivered = got["accepted"] - got["repeated"]
+        runs.append({"rate": (delivered - capacity) / wall,  # beyond the idle stream's first second, which is free
+                     "cpu": cpu, "endpoint_cpu": got["cpu_s"] - idle, "wall": wall, "delivered": delivered,
+                     "dead": dead, **{k: got[k] for k in ("out_of_order", "repeated", "throttled", "requests")}})
+    best = max(runs, key=lambda r: r["rate"])
+    cpu = min(r["cpu"] for r in runs)
+    return emit({"benchmark": "sink_capacity", "shards": shards, "records": n, "runs": repeat,
+                 "capacity_records_per_s": capacity,
+                 "delivered_records_per_s": round(best["rate"]), "ratio": round(best["rate"] / capacity, 2),
                  "cpu_us_per_record": round(cpu / n * 1e6, 1),
-                 "endpoint_cpu_us_per_record": round((got["cpu_s"] - idle) / n * 1e6, 1),
-                 "wall_s": round(wall, 2), "delivered": delivered, "dead_lettered": dead,
-                 "lost": n - delivered - dead, "out_of_order": got["out_of_order"], "repeated": got["repeated"],
-                 "throttled_records": got["throttled"], "requests": got["requests"],
+                 "cpu_us_per_record_runs": [round(r["cpu"] / n * 1e6, 1) for r in runs],
+                 "endpoint_cpu_us_per_record": round(min(r["endpoint_cpu"] for r in runs) / n * 1e6, 1),
+                 "wall_s": round(best["wall"], 2), "delivered": best["delivered"],
+                 "dead_lettered": sum(r["dead"] for r in runs),
+                 "lost": sum(n - r["delivered"] - r["dead"] for r in runs),
+                 "out_of_order": sum(r["out_of_order"] for r in runs), "repeated": sum(r["repeated"] for r in runs),
+                 "throttled_records": best["throttled"], "requests": best["requests"],
                  "goal": ">= 0.9 of capacity, order kept, nothing lost, <= 10 us/record"})
 
 
@@ -235,12 +250,13 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--shards", default="4,16,64", help="shard capacity: stream sizes, comma-separated")
     parser.add_argument("--seconds", type=float, default=10.0, help="shard capacity: seconds of capacity sent")
+    parser.add_argument("--capacity_repeat", type=int, default=2, help="shard capacity: runs per stream size")
     parser.add_argument("--skip_raw", action="store_true")
     args = parser.parse_args(argv)
     if not args.skip_raw:
         raw_efficiency(args.records, args.repeat)
     for shards in [int(s) for s in args.shards.split(",") if s]:
-        shard_capacity(shards, args.seconds)
+        shard_capacity(shards, args.seconds, args.capacity_repeat)
     return 0
 
 
