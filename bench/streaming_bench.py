@@ -14,12 +14,13 @@ keeps them; CPU time), the ceiling the DoFn can approach;
 (bare DoFn minus source), that logic, what the runner charges the export beyond counting
 (``ExportRunnerTwin``, the export's state bytes, timer and records without its logic, minus the
 bare DoFn: the timer parameter, records out and the step after them, the collector's passes over
-them) and the logic as it costs inside the pipeline (the export minus the twin);
+them) and the logic as it costs inside the pipeline (the export minus the twin; also with the
+collector off in both runs, ``export_logic_in_pipeline_without_collector``);
 ``cpu_ratio_with_free_logic`` (the bare DoFn against the twin) is the most the export's ratio could
 be on this runner whatever its logic;
 ``us_timer_parameter`` is what declaring an event-time timer alone costs the bare DoFn;
-``us_garbage_collector`` the CPU the collector's passes took per update in the bare DoFn's run
-and in the export's (``gc.callbacks``), a large share of both on this runner, which holds each
+``us_garbage_collector`` the CPU the collector's passes took per update in the bare DoFn's run,
+the twin's and the export's (``gc.callbacks``), a large share of both on this runner, which holds each
 step's whole input in memory. What the process holds before a run (modules, what earlier runs
 left in Beam's caches) is frozen out of the collector's passes (``gc.freeze``) during it, so a
 run's figure does not depend on how many pipelines ran before it.
@@ -187,21 +188,25 @@ def _source(p, updates: int, profiles: int, consent: bool = False):
             | "Generate" >> beam.FlatMap(generate, updates, profiles, consent))
 
 
-def _run(build) -> Tuple[float, float, float, Any]:
+def _run(build, collector_on: bool = True) -> Tuple[float, float, float, Any]:
     """Wall and CPU seconds (all threads of this process) of one pipeline run, the CPU seconds the
-    garbage collector's passes took in it, and its result."""
+    garbage collector's passes took in it, and its result. ``collector_on=False``: no collection
+    during the run (what the logic costs inside the pipeline apart from the collector's passes)."""
     p = beam.Pipeline(options=PipelineOptions(runner="BundleBasedDirectRunner"))
     build(p)
     gc.collect()   # the runs before leave garbage of their own: not this run's to collect
     gc.freeze()    # nor what they left alive (Beam's caches grow with each pipeline built): not this run's to walk
     collector = _CollectorTime()
     gc.callbacks.append(collector)
+    if not collector_on:
+        gc.disable()
     try:
         start, cpu = time.perf_counter(), time.process_time()
         result = p.run()
         result.wait_until_finish()
         return time.perf_counter() - start, time.process_time() - cpu, collector.seconds, result
     finally:
+        gc.enable()
         gc.callbacks.remove(collector)
         gc.unfreeze()
 
@@ -256,7 +261,20 @@ def main(argv=None) -> dict:
     inf = float("inf")
     baseline_s = export_s = source_s = consent_s = inf
     baseline_cpu = export_cpu = source_cpu = consent_cpu = timed_cpu = twin_cpu = inf
-    baseline_gc = export_gc = inf
+    baseline_gc = export_gc = twin_gc = inf
+    twin_quiet_cpu = export_quiet_cpu = inf   # the collector off
+
+    def twin(p):
+        return (_source(p, n, k)
+                | "Key" >> beam.Map(lambda u: (u.profile_id, u)).with_output_types(Tuple[str, Any])
+                | "Twin" >> beam.ParDo(ExportRunnerTwin())
+                | "Discard" >> beam.Map(lambda r: None))
+
+    def export(p):
+        return (_source(p, n, k)
+                | ExportProfileChanges(CONFIG, until_ms=T0 + n * 1000)
+                | "Discard" >> beam.Map(lambda r: None))
+
     consent_result = None
     for _ in range(args.repeat):
         if args.variant == "consent":
@@ -274,15 +292,12 @@ def main(argv=None) -> dict:
                             | "Key" >> beam.Map(lambda u: (u.profile_id, u)).with_output_types(Tuple[str, Any])
                             | "CountTimed" >> beam.ParDo(CountPerKeyTimed()))
         timed_cpu = min(timed_cpu, cpu)
-        _, cpu, _, _ = _run(lambda p: _source(p, n, k)
-                            | "Key" >> beam.Map(lambda u: (u.profile_id, u)).with_output_types(Tuple[str, Any])
-                            | "Twin" >> beam.ParDo(ExportRunnerTwin())
-                            | "Discard" >> beam.Map(lambda r: None))
-        twin_cpu = min(twin_cpu, cpu)
-        seconds, cpu, collected, result = _run(lambda p: _source(p, n, k)
-                                               | ExportProfileChanges(CONFIG, until_ms=T0 + n * 1000)
-                                               | "Discard" >> beam.Map(lambda r: None))
+        _, cpu, collected, _ = _run(twin)
+        twin_cpu, twin_gc = min(twin_cpu, cpu), min(twin_gc, collected)
+        seconds, cpu, collected, result = _run(export)
         export_s, export_cpu, export_gc = min(export_s, seconds), min(export_cpu, cpu), min(export_gc, collected)
+        twin_quiet_cpu = min(twin_quiet_cpu, _run(twin, collector_on=False)[1])
+        export_quiet_cpu = min(export_quiet_cpu, _run(export, collector_on=False)[1])
     counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
 
     # the per-profile logic alone (generation excluded), and the final state sizes
@@ -316,12 +331,15 @@ def main(argv=None) -> dict:
                           "export_logic": round(pure_cpu / n * 1e6, 1),
                           # the twin beyond the bare DoFn, and the export beyond the twin
                           "runner_timers_and_outputs": round((twin_cpu - baseline_cpu) / n * 1e6, 1),
-                          "export_logic_in_pipeline": round((export_cpu - twin_cpu) / n * 1e6, 1)},
+                          "export_logic_in_pipeline": round((export_cpu - twin_cpu) / n * 1e6, 1),
+                          # the same with the collector off in both runs: the logic apart from its passes
+                          "export_logic_in_pipeline_without_collector": round((export_quiet_cpu - twin_quiet_cpu) / n * 1e6, 1)},
         # of which the timer parameter alone (the bare DoFn declaring a timer it never sets)
         "us_timer_parameter": round((timed_cpu - baseline_cpu) / n * 1e6, 1),
         # of the CPU time above, the garbage collector's passes (least of the runs), mostly over
-        # the runner's bundles held in memory, in both pipelines
+        # the runner's bundles held in memory, in every pipeline
         "us_garbage_collector": {"count_per_key": round(baseline_gc / n * 1e6, 1),
+                                 "twin": round(twin_gc / n * 1e6, 1),
                                  "export": round(export_gc / n * 1e6, 1)},
         "state_bytes_per_profile_mean": round(sum(sizes) / len(sizes)),
         "state_bytes_per_profile_max": max(sizes),
