@@ -93,6 +93,14 @@ def test_one_connection_per_thread_kept_alive():
         assert server.seen[0][1] == url.split("/")[2]   # Host: what SigV4 signs
 
 
+def test_a_request_to_another_endpoint_gets_its_own_connection():
+    with endpoint() as (first, first_url), endpoint() as (second, second_url):
+        transport = HttpTransport()
+        for url in (first_url, second_url, first_url):
+            assert transport(url, {}, b"{}") == (200, REPLY)
+        assert (len(first.seen), len(second.seen)) == (2, 1)
+
+
 def test_a_connection_the_endpoint_closed_while_idle_is_replaced_before_use():
     with endpoint("close_after_reply") as (server, url):
         transport = HttpTransport()
