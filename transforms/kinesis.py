@@ -160,6 +160,10 @@ def make_client(destination: Destination, session=None):
         "kinesis", region_name=destination.region, endpoint_url=destination.endpoint_url, config=config)
 
 
+_SOCKET_OPTIONS = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),   # Nagle off, as urllib3 and boto3
+                   (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+
+
 class HttpTransport:
     """The default transport: one keep-alive ``http.client`` connection per sending thread (a
     thread sends one request at a time, so there is no pool to share), set up as boto3's clients
@@ -224,8 +228,8 @@ class HttpTransport:
             connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=connect_timeout)
         connection.connect()
         sock = connection.sock
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option in _SOCKET_OPTIONS:
+            sock.setsockopt(*option)
         sock.settimeout(read_timeout)
         self._local.url, self._local.path = url, parts.path or "/"
         return connection
@@ -259,9 +263,7 @@ def _proxy_pool(url: str, connections: int, connect: float, read: float):
         return None
     import urllib3
     return urllib3.ProxyManager(proxy, maxsize=connections, block=False, retries=False, ca_certs=ca_bundle(),
-                                timeout=urllib3.Timeout(connect=connect, read=read),
-                                socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
-                                                (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)])
+                                timeout=urllib3.Timeout(connect=connect, read=read), socket_options=_SOCKET_OPTIONS)
 
 
 class PutRecords:
