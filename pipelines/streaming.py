@@ -29,7 +29,7 @@ from transforms import progress
 from transforms.config import ExportConfig
 from transforms.dead_letter import WriteDeadLetters
 from transforms.errors import UserError
-from transforms.export import ExportProfileChanges
+from transforms.export import DEFAULT_MAX_GROUPED_UPDATES, ExportProfileChanges
 from transforms.timeutil import now_ms
 
 WATCH = "watch:"
@@ -48,6 +48,9 @@ class StreamingOptions(PipelineOptions):
                             help="watch: and kinesis: sources: seconds between polls")
         parser.add_argument("--stop_after_s", type=float, default=None, metavar="S",
                             help="watch: and kinesis: sources: stop after S seconds (kinesis: S idle)")
+        parser.add_argument("--max_grouped_updates", type=int, default=DEFAULT_MAX_GROUPED_UPDATES, metavar="N",
+                            help="updates a worker holds per bundle to apply a profile's updates together "
+                                 f"(default {DEFAULT_MAX_GROUPED_UPDATES:,}; 1: none held)")
 
 
 SUMMARY = "Read profile updates, evaluate the audiences and export each change of a profile."
@@ -86,13 +89,16 @@ def build(pipeline: beam.Pipeline, config: ExportConfig, options: PipelineOption
             until_ms = now_ms()
     elif streaming.until:
         raise UserError("--until applies to a bounded replay only, not to " + source)
+    if streaming.max_grouped_updates < 1:
+        raise UserError(f"--max_grouped_updates must be 1 or more, not {streaming.max_grouped_updates}")
     read = read_updates(pipeline, source, config, streaming)
     read.dead_letter | "InputDeadLetters" >> WriteDeadLetters(config.destination.dead_letter)
     seed = None
     if streaming.seed_snapshot:
         from transforms.snapshot import ReadSnapshotProfiles
         seed = pipeline | "ReadSeed" >> ReadSnapshotProfiles(streaming.seed_snapshot)
-    records = read.updates | "ExportProfileChanges" >> ExportProfileChanges(config, seed=seed, until_ms=until_ms)
+    records = read.updates | "ExportProfileChanges" >> ExportProfileChanges(
+        config, seed=seed, until_ms=until_ms, max_grouped_updates=streaming.max_grouped_updates)
     write_output(records, config, job.output, live=is_unbounded(source))
 
 

@@ -190,9 +190,9 @@ def by_profile(expected):
 
 
 class _Stamp(beam.DoFn):
-    """A record carries the timestamp of what produced it: the update (stamped with its own time,
-    as the readers do; a time-window change caught up by a later update is stamped with that
-    update's) or the timer."""
+    """A record is stamped no earlier than what produced it: the update (stamped with its own time,
+    as the readers do; a bundle's updates of a profile share the latest of their times; a
+    time-window change caught up by a later update is stamped with that update's) or the timer."""
     def process(self, record, ts=beam.DoFn.TimestampParam):
         assert ts >= Timestamp(micros=record.event_time_ms * 1000), (record, ts)
         yield record.partition_key, record.event_time_ms, record.data

@@ -1,12 +1,14 @@
 """``ExportProfileChanges``: profile updates in, export records out (docs/semantics.md#profiles-and-audiences), over keyed state.
 
-One stateful DoFn keyed by profileId with one ``ReadModifyWriteState`` cell (the whole
+``GroupUpdatesByProfile`` keys the updates by profileId, a bundle's updates of one profile
+together, for one stateful DoFn with one ``ReadModifyWriteState`` cell (the whole
 ``ProfileState``, ``ProfileStateCoder``) and, only when some rule reads events or an upload
-expires, one event-time timer: each state cell or timer costs the DirectRunner a per-key, per-bundle price (docs/DEVELOPING.md).
-A record keeps the element timestamp of what produced it: its update (the readers stamp each
-update with its own time) or its timer; a time-window change caught up by a later update goes
-out with that update's timestamp. (Re-stamping each record with its ``event_time_ms`` cost the
-DirectRunner ~10% of streaming throughput.) Metrics (namespace ``export``): ``updates``, ``records``, ``exports_audience``
+expires, one event-time timer: each state cell or timer costs the DirectRunner a per-key, per-bundle
+price (docs/DEVELOPING.md), and each element a per-element one, which the grouping pays once per
+profile per bundle. A record is stamped no earlier than what produced it: with the latest timestamp of
+its profile's updates in the bundle (the readers stamp each update with its own time), or with
+its timer's; a time-window change caught up by a later update goes out with that update's group. (Re-stamping
+each record with its ``event_time_ms`` cost the DirectRunner ~10% of streaming throughput.) Metrics (namespace ``export``): ``updates``, ``records``, ``exports_audience``
 / ``_identity`` / ``_attribute`` / ``_consent`` / ``_expiry`` (records by trigger), ``exits``,
 ``timers_fired``, ``consent_withheld`` / ``consent_opt_outs`` / ``consent_opt_ins``, and the
 ``state_bytes`` distribution (one state write in ``STATE_BYTES_SAMPLE``).
@@ -36,6 +38,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import core_build, profile_state, progress
 from transforms.audiences import AudienceSet
@@ -45,6 +48,7 @@ from transforms.exporter import ProfileExporter
 from transforms.model import ProfileUpdate, SnapshotProfile
 from transforms.profile_state import ProfileState, seeded_members
 
+DEFAULT_MAX_GROUPED_UPDATES = 100_000  # updates held per bundle to group them by profile (about 1 KB each)
 STATE_BYTES_SAMPLE = 16  # the state-bytes metric encodes one state write in 16 a second time
 
 
@@ -114,9 +118,12 @@ class _ExportProfileChangesFn(beam.DoFn):
         return self._on_update(element, profile, None, seeds)
 
     def _on_update(self, element, profile, time_change, seeds):
-        key, update = element
-        self._updates += 1
-        self._evaluated.inc()
+        """A bundle's updates of one profile (``GroupUpdatesByProfile``), each applied and
+        evaluated in turn against one state read and written once."""
+        key, updates = element
+        n = len(updates)
+        self._updates += n
+        self._evaluated.inc(n)
         state = profile.read()
         if state is None:
             armed = None
@@ -124,7 +131,13 @@ class _ExportProfileChangesFn(beam.DoFn):
             state = self._exporter.seed(newest_row(found)) if found else ProfileState()
         else:
             armed = state.timer_ms
-        out = self._exporter.update(key, state, update)
+        update = self._exporter.update
+        if n == 1:
+            out = update(key, state, updates[0])
+        else:
+            out = []
+            for one in updates:
+                out += update(key, state, one)
         return self._finish(state, armed, out, profile, time_change)
 
     def _finish(self, state, armed, out, profile, time_change):
@@ -181,6 +194,43 @@ class _TimedExportProfileChangesFn(_ExportProfileChangesFn):
         return self._finish(state, None, out, profile, time_change)
 
 
+class GroupUpdatesByProfile(beam.DoFn):
+    """Keys updates by profile id, a bundle's updates of one profile (in one window) together in
+    arrival order: the stateful step then reads, decodes, encodes and writes a profile's state, and
+    pays the runner's per-element price for keyed state and its timer, once per profile per bundle
+    instead of once per update (mini-batching, as Flink's SQL engine does for keyed aggregates).
+    Each update is still evaluated and diffed on its own, so the records are the same. A group
+    takes the latest timestamp of its updates, so that no record is stamped before what produced it. At most ``max_updates`` are
+    held: past that the groups go on at once, so a large bundle that a runner streams through
+    (a batch worker) is not also held here."""
+
+    def __init__(self, max_updates: int = DEFAULT_MAX_GROUPED_UPDATES):
+        if max_updates < 1:
+            raise ValueError(f"max_grouped_updates must be 1 or more, not {max_updates}")
+        self._max_updates = max_updates
+
+    def start_bundle(self):
+        self._groups: dict = {}   # (profile id, window) -> (the latest of their timestamps, updates)
+        self._held = 0
+
+    def process(self, update: ProfileUpdate, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        at = (update.profile_id, window)
+        group = self._groups.get(at)
+        if group is None:
+            self._groups[at] = (timestamp, [update])
+        else:
+            group[1].append(update)
+            if timestamp > group[0]:
+                self._groups[at] = (timestamp, group[1])
+        self._held += 1
+        return self.finish_bundle() if self._held >= self._max_updates else ()
+
+    def finish_bundle(self):
+        groups, self._groups, self._held = self._groups, {}, 0
+        return [WindowedValue((profile_id, updates), timestamp, (window,))
+                for (profile_id, window), (timestamp, updates) in groups.items()]
+
+
 def newest_row(rows: Iterable[SnapshotProfile]) -> SnapshotProfile:
     """Of a profile's seed rows, the newest wins."""
     return max(rows, key=_SNAPSHOT_TIME)
@@ -196,14 +246,16 @@ class ExportProfileChanges(beam.PTransform):
     bounded replay."""
 
     def __init__(self, config: ExportConfig, seed: Optional[beam.PCollection] = None,
-                 until_ms: Optional[int] = None):
+                 until_ms: Optional[int] = None, max_grouped_updates: int = DEFAULT_MAX_GROUPED_UPDATES):
         super().__init__()
         self._config = config
         self._seed = seed
         self._until_ms = until_ms
+        self._max_grouped_updates = max_grouped_updates
 
     def expand(self, updates):
-        keyed = updates | "KeyByProfile" >> beam.Map(lambda u: (u.profile_id, u)).with_output_types(Tuple[str, Any])
+        keyed = (updates | "GroupByProfileInBundle" >> beam.ParDo(GroupUpdatesByProfile(self._max_grouped_updates))
+                 .with_output_types(Tuple[str, Any]))
         side = {}
         if self._seed is not None:
             # a multimap side input is looked up per key on portable runners (AsDict would
