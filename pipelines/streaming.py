@@ -89,8 +89,6 @@ def build(pipeline: beam.Pipeline, config: ExportConfig, options: PipelineOption
             until_ms = now_ms()
     elif streaming.until:
         raise UserError("--until applies to a bounded replay only, not to " + source)
-    if streaming.max_grouped_updates < 1:
-        raise UserError(f"--max_grouped_updates must be 1 or more, not {streaming.max_grouped_updates}")
     read = read_updates(pipeline, source, config, streaming)
     read.dead_letter | "InputDeadLetters" >> WriteDeadLetters(config.destination.dead_letter)
     seed = None
@@ -108,6 +106,8 @@ def run(argv: Sequence[str]) -> int:
     options = PipelineOptions(argv)
     streaming = options.view_as(StreamingOptions)
     require(streaming.input, "--input")
+    if streaming.max_grouped_updates < 1:
+        raise UserError(f"--max_grouped_updates must be 1 or more, not {streaming.max_grouped_updates}")
     config = load_job_config(options)
     job = options.view_as(ExportJobOptions)
     check_output(config, job.output, job.overwrite)

@@ -65,7 +65,8 @@ def test_sample_data_writes_files_that_the_jobs_accept(sample):
 def test_help_lists_each_option_on_one_line():
     own = {
         "pipelines.backfill": ["--config", "--snapshot", "--events", "--audiences", "--as_of", "--output", "--overwrite"],
-        "pipelines.streaming": ["--config", "--input", "--seed_snapshot", "--until", "--output", "--overwrite"],
+        "pipelines.streaming": ["--config", "--input", "--seed_snapshot", "--until", "--max_grouped_updates", "--output",
+                                "--overwrite"],
         "pipelines.replay": ["--config", "--dead_letter"],
         "pipelines.validate": ["--config"],
         "pipelines.demo": ["--profiles", "--out"],
@@ -104,6 +105,8 @@ def test_unknown_options_are_one_line_errors_and_nothing_is_written(sample, tmp_
         ("pipelines.demo", "--profile", "10", "--out", out),
         ("pipelines.sample_data", "--out", out, "--profile", "10"),
         ("pipelines.backfill", "--config", config, "--snapshot", sample / "snapshot.parquet", "--batch_size", "many"),
+        ("pipelines.streaming", "--config", config, "--input", sample / "updates.jsonl", "--max_grouped_updates", "0",
+         "--output", out),
     ])
     for result, expected in zip(results, [
         "error: unknown option --as-of (did you mean --as_of?)",
@@ -115,6 +118,7 @@ def test_unknown_options_are_one_line_errors_and_nothing_is_written(sample, tmp_
         "error: unknown option --profile (did you mean --profiles?)",
         "error: unknown option --profile (did you mean --profiles?)",
         "error: argument --batch_size: invalid int value: 'many'",
+        "error: --max_grouped_updates must be 1 or more, not 0",
     ]):
         assert_one_line_error(result, expected)
     assert not out.exists()

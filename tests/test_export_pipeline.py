@@ -14,13 +14,13 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that
-from apache_beam.transforms.window import TimestampedValue
+from apache_beam.transforms.window import GlobalWindow, IntervalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from tests.export_helpers import audience, make_config
 from transforms.audiences import AudienceSet
 from transforms.config import Activation, AudienceDefinition, MappedAudience, MergePolicyConfig, UploadSource
-from transforms.export import ExportProfileChanges, ProfileStateCoder
+from transforms.export import ExportProfileChanges, GroupUpdatesByProfile, ProfileStateCoder
 from transforms.merge import MergePolicies
 from transforms.model import ProfileUpdate, SegmentStatus, SnapshotProfile
 from transforms.profile_state import ProfileState
@@ -260,6 +260,14 @@ def test_bounded_scenarios(tmp_path):
         seeds = p | "Seeds" >> beam.Create(SEEDS, reshuffle=False)
         updates = p | "Updates" >> beam.Create(stamped(UPDATES), reshuffle=False)
         main = updates | ExportProfileChanges(CONFIG, seed=seeds, until_ms=UNTIL)
+        # the same records whether a bundle's updates of a profile are applied together or not
+        # (each from an input of its own: on this runner (FnApiRunner, Beam 2.77) only one of several
+        # timer-setting stateful steps that read one PCollection gets its timers fired)
+        main_expected = {pid: records for pid, records in EXPECTED.items() if pid in {x.profile_id for x in UPDATES}}
+        for held in (1, 2):
+            assert_that(p | f"Updates{held}" >> beam.Create(stamped(UPDATES), reshuffle=False)
+                        | f"Held{held}" >> ExportProfileChanges(CONFIG, seed=seeds, until_ms=UNTIL, max_grouped_updates=held)
+                        | f"Stamp{held}" >> beam.ParDo(_Stamp()), by_profile(main_expected), label=f"CheckHeld{held}")
         toggled = (p | "ToggleUpdates" >> beam.Create(stamped([u("p-toggle", T0, DELOREAN)]))
                    | "Toggled" >> ExportProfileChanges(TOGGLES, until_ms=UNTIL))
         activated = (p | "ActivationUpdates" >> beam.Create(stamped(ACTIVATION_UPDATES))
@@ -308,6 +316,46 @@ def test_watermark_driven_timers_on_streaming_input(tmp_path):
         records = (updates | ExportProfileChanges(CONFIG),
                    updates | "Activated" >> ExportProfileChanges(activation_config(str(upload)), seed=seeds))
         assert_that(records | beam.Flatten() | beam.ParDo(_Stamp()), by_profile(expected))
+
+
+# --- a bundle's updates of one profile, grouped (pure, fast: the DoFn's methods called as a runner would) ---
+
+def grouped(fn, bundle):
+    """What ``fn`` emits for one bundle of (update, timestamp s, window): as (profile id, update
+    times, timestamp s, window), in emission order."""
+    fn.start_bundle()
+    out = [wv for update, ts, window in bundle for wv in fn.process(update, Timestamp(ts), window)]
+    out += fn.finish_bundle()
+    return [(wv.value[0], [x.timestamp_ms for x in wv.value[1]], wv.timestamp.micros // 10 ** 6, wv.windows)
+            for wv in out]
+
+
+G, W1, W2 = GlobalWindow(), IntervalWindow(0, 60), IntervalWindow(60, 120)
+
+
+@pytest.mark.parametrize("held,bundle,expected", [
+    # a profile's updates together, in arrival order, stamped with the latest of their timestamps
+    (100, [(u("a", 1), 5, G), (u("b", 2), 6, G), (u("a", 3), 9, G), (u("a", 0), 7, G)],
+     [("a", [1, 3, 0], 9, (G,)), ("b", [2], 6, (G,))]),
+    # one group per window
+    (100, [(u("a", 1), 5, W1), (u("a", 2), 65, W2), (u("a", 3), 6, W1)],
+     [("a", [1, 3], 6, (W1,)), ("a", [2], 65, (W2,))]),
+    # at most ``held`` updates are held: the groups go on when that many are, the rest at the end
+    (2, [(u("a", 1), 1, G), (u("b", 2), 2, G), (u("a", 3), 3, G), (u("a", 4), 4, G), (u("b", 5), 5, G)],
+     [("a", [1], 1, (G,)), ("b", [2], 2, (G,)), ("a", [3, 4], 4, (G,)), ("b", [5], 5, (G,))]),
+    # one held: every update on its own
+    (1, [(u("a", 1), 1, G), (u("a", 2), 2, G)], [("a", [1], 1, (G,)), ("a", [2], 2, (G,))]),
+])
+def test_a_bundles_updates_of_a_profile_go_on_together(held, bundle, expected):
+    fn = GroupUpdatesByProfile(held)
+    assert grouped(fn, bundle) == expected
+    update, ts, window = bundle[0]
+    assert grouped(fn, [bundle[0]]) == [(update.profile_id, [update.timestamp_ms], ts, (window,))]  # nothing left over
+
+
+def test_holding_no_update_is_refused():
+    with pytest.raises(ValueError, match="max_grouped_updates must be 1 or more, not 0"):
+        GroupUpdatesByProfile(0)
 
 
 # --- the state the DoFn keeps, and its coder (pure, fast) ---
