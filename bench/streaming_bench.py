@@ -55,7 +55,7 @@ from transforms import core_build, profile_state
 from transforms.audiences import AudienceSet
 from transforms.config import (Activation, AudienceDefinition, Destination, ExportConfig, MappedAudience,
                                Mapping, MergePolicyConfig)
-from transforms.export import ExportProfileChanges
+from transforms.export import DEFAULT_MAX_GROUPED_UPDATES, ExportProfileChanges, GroupUpdatesByProfile
 from transforms.exporter import ProfileExporter
 from transforms.model import ProfileUpdate
 from transforms.profile_state import ProfileState
@@ -142,23 +142,25 @@ class CountPerKeyTimed(CountPerKey):
 
 
 class ExportRunnerTwin(beam.DoFn):
-    """The export's dealings with the runner without its logic: the same state cell (bytes the
-    runner passes through), the same timer declared, the export's own state bytes written and its
-    records emitted for each update, looked up instead of computed. Against the bare DoFn it is
-    what the runner charges the export beyond counting; against the export, what its logic costs
-    inside the pipeline; alone, the ratio the export would have if its logic cost nothing."""
+    """The export's dealings with the runner without its logic: the same grouping step before it
+    (a bundle's updates of a profile together), the same state cell (bytes the runner passes
+    through), the same timer declared, the export's own state bytes written and its records
+    emitted for each group, looked up instead of computed. Against the bare DoFn it is what the
+    runner charges the export beyond counting; against the export, what its logic costs inside
+    the pipeline; alone, the ratio the export would have if its logic cost nothing."""
     PROFILE = ReadModifyWriteStateSpec("profile", BytesCoder())
     TIME_CHANGE = TimerSpec("time_change", TimeDomain.WATERMARK)
 
     def setup(self):
-        # what the export gives each update (its state bytes after it, its records), by update
-        # timestamp (unique per update), handed over by ``main`` in this process
+        # what the export gives each update (its records; after the last of a group, its state
+        # bytes), by update timestamp (unique per update), handed over by ``main`` in this process
         self._results = common.IN_PROCESS["export_results"]   # the module, not the dict: pickled by name
 
     def process(self, element, profile=beam.DoFn.StateParam(PROFILE), time_change=beam.DoFn.TimerParam(TIME_CHANGE)):
         profile.read()
-        state, records = self._results[element[1].timestamp_ms]
-        profile.write(state)
+        results = self._results
+        records = [record for update in element[1] for record in results[update.timestamp_ms][1]]
+        profile.write(results[element[1][-1].timestamp_ms][0])
         return records
 
     @on_timer(TIME_CHANGE)
@@ -167,18 +169,25 @@ class ExportRunnerTwin(beam.DoFn):
 
 
 def run_logic(exporter: ProfileExporter, updates, results: Optional[dict] = None) -> dict:
-    """The per-profile logic alone over ``updates``, states kept encoded as the runner keeps them
-    (live states would load the collector); returns the final states. ``results``: also filled
-    with what each update gave, by update timestamp (unique per update): its state bytes after
-    it and its records, for ``ExportRunnerTwin``."""
-    states = {}
+    """The per-profile logic alone over ``updates``, as the pipeline applies it to the
+    benchmark's one bundle: a profile's updates together (in arrival order) against one state
+    decode and encode, states kept encoded as the runner keeps them (live states would load the
+    collector); returns the final states. ``results``: also filled with what each update gave, by
+    update timestamp (unique per update): its records and, for the last of a profile's updates,
+    the state bytes after it, for ``ExportRunnerTwin``."""
+    groups: dict = {}
     for update in updates:
-        encoded = states.get(update.profile_id)
-        state = profile_state.decode(encoded) if encoded else ProfileState()
-        out = exporter.update(update.profile_id, state, update)
-        encoded = states[update.profile_id] = profile_state.encode(state)
+        groups.setdefault(update.profile_id, []).append(update)
+    states = {}
+    for profile_id, group in groups.items():
+        state = ProfileState()
+        for update in group:
+            out = exporter.update(profile_id, state, update)
+            if results is not None:
+                results[update.timestamp_ms] = None, [record for record, _ in out]
+        encoded = states[profile_id] = profile_state.encode(state)
         if results is not None:
-            results[update.timestamp_ms] = encoded, [record for record, _ in out]
+            results[group[-1].timestamp_ms] = encoded, results[group[-1].timestamp_ms][1]
     return states
 
 
@@ -263,16 +272,17 @@ def main(argv=None) -> dict:
     baseline_cpu = export_cpu = source_cpu = consent_cpu = timed_cpu = twin_cpu = inf
     baseline_gc = export_gc = twin_gc = inf
     twin_quiet_cpu = export_quiet_cpu = inf   # the collector off
+    ungrouped_s = ungrouped_cpu = inf         # every update applied on its own (max_grouped_updates=1)
 
     def twin(p):
         return (_source(p, n, k)
-                | "Key" >> beam.Map(lambda u: (u.profile_id, u)).with_output_types(Tuple[str, Any])
+                | "Group" >> beam.ParDo(GroupUpdatesByProfile()).with_output_types(Tuple[str, Any])
                 | "Twin" >> beam.ParDo(ExportRunnerTwin())
                 | "Discard" >> beam.Map(lambda r: None))
 
-    def export(p):
+    def export(p, held: int = DEFAULT_MAX_GROUPED_UPDATES):
         return (_source(p, n, k)
-                | ExportProfileChanges(CONFIG, until_ms=T0 + n * 1000)
+                | ExportProfileChanges(CONFIG, until_ms=T0 + n * 1000, max_grouped_updates=held)
                 | "Discard" >> beam.Map(lambda r: None))
 
     consent_result = None
@@ -296,6 +306,8 @@ def main(argv=None) -> dict:
         twin_cpu, twin_gc = min(twin_cpu, cpu), min(twin_gc, collected)
         seconds, cpu, collected, result = _run(export)
         export_s, export_cpu, export_gc = min(export_s, seconds), min(export_cpu, cpu), min(export_gc, collected)
+        seconds, cpu, _, _ = _run(lambda p: export(p, held=1))
+        ungrouped_s, ungrouped_cpu = min(ungrouped_s, seconds), min(ungrouped_cpu, cpu)
         twin_quiet_cpu = min(twin_quiet_cpu, _run(twin, collector_on=False)[1])
         export_quiet_cpu = min(export_quiet_cpu, _run(export, collector_on=False)[1])
     counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
@@ -323,6 +335,13 @@ def main(argv=None) -> dict:
         # the CPU ratio the export would have if its logic cost nothing (ExportRunnerTwin)
         "cpu_ratio_with_free_logic": round(baseline_cpu / twin_cpu, 3),
         "pure_updates_per_s": round(n / pure_cpu),
+        # the same export applying every update on its own (--max_grouped_updates 1), as when no
+        # profile has two updates in one bundle
+        "one_update_per_group": {"export_updates_per_s": round(n / ungrouped_s),
+                                 "ratio": round(baseline_s / ungrouped_s, 3),
+                                 "cpu_ratio": round(baseline_cpu / ungrouped_cpu, 3)},
+        # updates per element of the stateful step: a bundle's updates of one profile
+        "updates_per_group": round(n / counters["update_groups"], 2),
         "records": counters.get("records"),
         "exports_by_trigger": {kind: counters.get(f"exports_{kind}") for kind in ("audience", "identity", "attribute")},
         # where an update's time goes, from the runs above (CPU µs per update)

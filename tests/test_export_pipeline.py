@@ -16,6 +16,7 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that
 from apache_beam.transforms.window import GlobalWindow, IntervalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 from tests.export_helpers import audience, make_config
 from transforms.audiences import AudienceSet
@@ -324,7 +325,8 @@ def grouped(fn, bundle):
     """What ``fn`` emits for one bundle of (update, timestamp s, window): as (profile id, update
     times, timestamp s, window), in emission order."""
     fn.start_bundle()
-    out = [wv for update, ts, window in bundle for wv in fn.process(update, Timestamp(ts), window)]
+    out = [wv for update, ts, window in bundle
+           for wv in fn.process(update, WindowedValue(update, Timestamp(ts), (window,)))]
     out += fn.finish_bundle()
     return [(wv.value[0], [x.timestamp_ms for x in wv.value[1]], wv.timestamp.micros // 10 ** 6, wv.windows)
             for wv in out]

@@ -8,7 +8,8 @@ price (docs/DEVELOPING.md), and each element a per-element one, which the groupi
 profile per bundle. A record is stamped no earlier than what produced it: with the latest timestamp of
 its profile's updates in the bundle (the readers stamp each update with its own time), or with
 its timer's; a time-window change caught up by a later update goes out with that update's group. (Re-stamping
-each record with its ``event_time_ms`` cost the DirectRunner ~10% of streaming throughput.) Metrics (namespace ``export``): ``updates``, ``records``, ``exports_audience``
+each record with its ``event_time_ms`` cost the DirectRunner ~10% of streaming throughput.) Metrics (namespace ``export``): ``updates``, ``update_groups`` (the stateful step's elements),
+``records``, ``exports_audience``
 / ``_identity`` / ``_attribute`` / ``_consent`` / ``_expiry`` (records by trigger), ``exits``,
 ``timers_fired``, ``consent_withheld`` / ``consent_opt_outs`` / ``consent_opt_ins``, and the
 ``state_bytes`` distribution (one state write in ``STATE_BYTES_SAMPLE``).
@@ -102,12 +103,13 @@ class _ExportProfileChangesFn(beam.DoFn):
 
     def start_bundle(self):
         self._counts = collections.Counter()  # counted here, reported once per bundle
-        self._updates = 0
+        self._updates = self._groups = 0
 
     def finish_bundle(self):
         self._counts.update(self._exporter.counts)
         if self._updates:
             self._counts["updates"] += self._updates
+            self._counts["update_groups"] += self._groups
         self._exporter.counts.clear()
         for name, n in self._counts.items():
             Metrics.counter("export", name).inc(n)
@@ -123,6 +125,7 @@ class _ExportProfileChangesFn(beam.DoFn):
         key, updates = element
         n = len(updates)
         self._updates += n
+        self._groups += 1
         self._evaluated.inc(n)
         state = profile.read()
         if state is None:
@@ -210,25 +213,26 @@ class GroupUpdatesByProfile(beam.DoFn):
         self._max_updates = max_updates
 
     def start_bundle(self):
-        self._groups: dict = {}   # (profile id, window) -> (the latest of their timestamps, updates)
+        # (profile id, windows) -> [the latest of their timestamps, update, update, ...]
+        self._groups: dict = {}
         self._held = 0
 
-    def process(self, update: ProfileUpdate, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
-        at = (update.profile_id, window)
+    def process(self, update: ProfileUpdate, element=beam.DoFn.WindowedValueParam):
+        at = (update.profile_id, tuple(element.windows))
         group = self._groups.get(at)
         if group is None:
-            self._groups[at] = (timestamp, [update])
+            self._groups[at] = [element.timestamp, update]
         else:
-            group[1].append(update)
-            if timestamp > group[0]:
-                self._groups[at] = (timestamp, group[1])
+            group.append(update)
+            if element.timestamp > group[0]:
+                group[0] = element.timestamp
         self._held += 1
         return self.finish_bundle() if self._held >= self._max_updates else ()
 
     def finish_bundle(self):
         groups, self._groups, self._held = self._groups, {}, 0
-        return [WindowedValue((profile_id, updates), timestamp, (window,))
-                for (profile_id, window), (timestamp, updates) in groups.items()]
+        return [WindowedValue((profile_id, group[1:]), group[0], windows)
+                for (profile_id, windows), group in groups.items()]
 
 
 def newest_row(rows: Iterable[SnapshotProfile]) -> SnapshotProfile:
