@@ -54,7 +54,7 @@ class StreamingOptions(PipelineOptions):
 
 
 SUMMARY = "Read profile updates, evaluate the audiences and export each change of a profile."
-USAGE = ("--config CONFIG --input SOURCE [--seed_snapshot GLOB] [--until ISO8601] "
+USAGE = ("--config CONFIG --input SOURCE [--seed_snapshot GLOB] [--until ISO8601] [--max_grouped_updates N] "
          "[--output kinesis|DIR [--overwrite]] [Beam options]")
 
 
