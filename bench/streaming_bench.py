@@ -159,8 +159,9 @@ class ExportRunnerTwin(beam.DoFn):
     def process(self, element, profile=beam.DoFn.StateParam(PROFILE), time_change=beam.DoFn.TimerParam(TIME_CHANGE)):
         profile.read()
         results = self._results
-        records = [record for update in element[1] for record in results[update.timestamp_ms][1]]
-        profile.write(results[element[1][-1].timestamp_ms][0])
+        updates = element[1] if type(element[1]) is list else (element[1],)
+        records = [record for update in updates for record in results[update.timestamp_ms][1]]
+        profile.write(results[updates[-1].timestamp_ms][0])
         return records
 
     @on_timer(TIME_CHANGE)

@@ -123,6 +123,8 @@ class _ExportProfileChangesFn(beam.DoFn):
         """A bundle's updates of one profile (``GroupUpdatesByProfile``), each applied and
         evaluated in turn against one state read and written once."""
         key, updates = element
+        if type(updates) is not list:
+            updates = (updates,)
         n = len(updates)
         self._updates += n
         self._groups += 1
@@ -213,26 +215,32 @@ class GroupUpdatesByProfile(beam.DoFn):
         self._max_updates = max_updates
 
     def start_bundle(self):
-        # (profile id, windows) -> [the latest of their timestamps, update, update, ...]
+        # windows -> profile id -> (the latest of their timestamps, the update or a list of them):
+        # a lone update, the common case in small bundles, gets no list of its own
         self._groups: dict = {}
         self._held = 0
 
     def process(self, update: ProfileUpdate, element=beam.DoFn.WindowedValueParam):
-        at = (update.profile_id, tuple(element.windows))
-        group = self._groups.get(at)
+        windows = tuple(element.windows)   # (a tuple already, as a rule: then the same object)
+        profiles = self._groups.get(windows)
+        if profiles is None:
+            profiles = self._groups[windows] = {}
+        group = profiles.get(update.profile_id)
         if group is None:
-            self._groups[at] = [element.timestamp, update]
+            profiles[update.profile_id] = (element.timestamp, update)
         else:
-            group.append(update)
-            if element.timestamp > group[0]:
-                group[0] = element.timestamp
+            updates = group[1]
+            if type(updates) is not list:
+                updates = [updates]
+            updates.append(update)
+            profiles[update.profile_id] = (max(group[0], element.timestamp), updates)
         self._held += 1
         return self.finish_bundle() if self._held >= self._max_updates else ()
 
     def finish_bundle(self):
         groups, self._groups, self._held = self._groups, {}, 0
-        return [WindowedValue((profile_id, group[1:]), group[0], windows)
-                for (profile_id, windows), group in groups.items()]
+        return [WindowedValue((profile_id, updates), timestamp, windows)
+                for windows, profiles in groups.items() for profile_id, (timestamp, updates) in profiles.items()]
 
 
 def newest_row(rows: Iterable[SnapshotProfile]) -> SnapshotProfile:
