@@ -328,8 +328,8 @@ def grouped(fn, bundle):
     out = [wv for update, ts, window in bundle
            for wv in fn.process(update, WindowedValue(update, Timestamp(ts), (window,)))]
     out += fn.finish_bundle()
-    return [(wv.value[0], [x.timestamp_ms for x in wv.value[1]], wv.timestamp.micros // 10 ** 6, wv.windows)
-            for wv in out]
+    return [(wv.value[0], [x.timestamp_ms for x in (wv.value[1] if isinstance(wv.value[1], list) else [wv.value[1]])],
+             wv.timestamp.micros // 10 ** 6, wv.windows) for wv in out]
 
 
 G, W1, W2 = GlobalWindow(), IntervalWindow(0, 60), IntervalWindow(60, 120)
