@@ -59,60 +59,67 @@ def streaming_verdict(s: dict) -> str:
             f"Goal missed by {fmt(round(0.7 - ratio, 2))} (ratio {fmt(ratio)} for 0.7; {fmt(cpu_ratio)} in CPU "
             "seconds, which the other work on this shared machine disturbs less).")
     gc_us = s.get("us_garbage_collector") or {}
+    one, distinct = s.get("one_update_per_group") or {}, s.get("distinct_profiles") or {}
     bare = (us.get("source") or 0) + (us.get("runner_keyed_state") or 0)
     added = (us.get("export_logic_in_pipeline") or 0) + (us.get("runner_timers_and_outputs") or 0)
     in_pipeline = us.get("export_logic_in_pipeline") or 0
     target = max(0.0, bare / 0.7 - bare - (us.get("runner_timers_and_outputs") or 0))  # logic µs that would give 0.7
     quiet = us.get("export_logic_in_pipeline_without_collector")
-    passes = round((gc_us.get("export") or 0) - (gc_us.get("twin") or 0), 1)
     needed = (
         f"For 0.7 the logic inside the pipeline would have to cost about {fmt(round(target, 1))} µs per update, "
-        f"{fmt(round(100 * target / in_pipeline) if in_pipeline > 0 else None)}% of what it costs there now; no "
-        "change measured so far comes near that, which is why the goal stays open." if target > 0 else
+        f"{fmt(round(100 * target / in_pipeline) if in_pipeline > 0 else None)}% of what it costs there now, "
+        "which is why the goal stays open." if target > 0 else
         "In this run even a logic that cost nothing would not reach 0.7: what the runner charges for the "
-        "export's state bytes, timer and records leaves no room for it, which is why the goal stays open.")
+        "export's grouping, state bytes, timer and records leaves no room for it, which is why the goal stays open.")
     return (
-        f"{head} Where an update's CPU time goes (µs, `us_per_update`): the generating source "
-        f"{fmt(us.get('source'))}, the runner's keyed-state dispatch {fmt(us.get('runner_keyed_state'))} "
-        f"(the bare DoFn is those two), the export logic itself {fmt(us.get('export_logic'))} (no Beam, with a "
-        "state decode and encode per update and the states kept encoded, as the runner keeps them; "
-        "`pure_updates_per_s`), what the runner charges the export beyond counting (the timer parameter, "
-        f"records out and the step discarding them, the collector's passes over them: the twin below) "
-        f"{fmt(us.get('runner_timers_and_outputs'))}, and the logic as it costs inside the pipeline "
-        f"{fmt(us.get('export_logic_in_pipeline'))}. For 0.7 the export may add at "
-        f"most 0.43 of the bare DoFn's {fmt(round(bare, 1))} µs, about {fmt(round(bare * 0.43, 1))} µs; it adds "
-        f"{fmt(round(added, 1))} µs. Of each pipeline's CPU the garbage collector took {fmt(gc_us.get('count_per_key'))} "
-        f"µs per update in the bare DoFn's run, {fmt(gc_us.get('twin'))} in the twin's and {fmt(gc_us.get('export'))} "
-        "in the export's (`us_garbage_collector`): its full passes walk every object the run keeps alive, mostly "
-        "the runner's bundles held in memory (what the process held before the run is frozen out of them), so it "
-        "is a large share of both sides of the ratio.\n\n"
+        f"{head} The export applies a bundle's updates of one profile together (`GroupUpdatesByProfile`, "
+        f"`--max_grouped_updates`): one state read, decode, encode and write, and one element of the stateful "
+        f"step, per profile per bundle. The benchmark's input reaches it as one bundle, {fmt(s.get('updates_per_group'))} "
+        f"updates per profile (`updates_per_group`). The same export applying every update on its own "
+        f"(`--max_grouped_updates 1`, `one_update_per_group`) runs at {fmt(one.get('export_updates_per_s'))} "
+        f"updates/s, ratio {fmt(one.get('ratio'))}. Where no profile has two updates in a bundle "
+        f"(`distinct_profiles`: {fmt(distinct.get('updates'))} updates over as many profiles, the bare DoFn then "
+        f"paying its per-key price for each), grouping has nothing to gain and its step is a cost: ratio "
+        f"{fmt(distinct.get('ratio'))} ({fmt(distinct.get('export_updates_per_s'))} against "
+        f"{fmt(distinct.get('count_per_key_updates_per_s'))} updates/s), against {fmt(distinct.get('ratio_one_update_per_group'))} "
+        "with `--max_grouped_updates 1` (each update keyed and passed on as it comes).\n\n"
+        f"Where an update's CPU time goes (µs, `us_per_update`): the generating source {fmt(us.get('source'))}, the "
+        f"runner's keyed-state dispatch {fmt(us.get('runner_keyed_state'))} (the bare DoFn is those two), the export "
+        f"logic itself {fmt(us.get('export_logic'))} (no Beam; a profile's updates applied together against one state "
+        "decode and encode, states kept encoded as the runner keeps them; `pure_updates_per_s`), what the runner "
+        "charges the export beyond counting (the grouping step, the timer parameter, records out and the step "
+        "discarding them, the collector's passes: the twin below, fewer elements in the stateful step than the "
+        f"bare DoFn's) {fmt(us.get('runner_timers_and_outputs'))}, and the logic as it costs inside the pipeline "
+        f"{fmt(us.get('export_logic_in_pipeline'))}. For 0.7 the export may add at most 0.43 of the bare DoFn's "
+        f"{fmt(round(bare, 1))} µs, about {fmt(round(bare * 0.43, 1))} µs; it adds {fmt(round(added, 1))} µs. "
+        f"The garbage collector took {fmt(gc_us.get('count_per_key'))} µs per update in the bare DoFn's run, "
+        f"{fmt(gc_us.get('twin'))} in the twin's and {fmt(gc_us.get('export'))} in the export's "
+        "(`us_garbage_collector`): its full passes walk every object the run keeps alive, mostly the runner's "
+        "bundles held in memory (what the process held before the run is frozen out of them). With the updates "
+        "grouped, the same number of full passes over no more objects takes longer (measured while building it: "
+        "about 0.6 against 0.4 µs per object walked): the groups reach the updates in profile order, not in the "
+        "order they sit in memory. That is most of what the grouping costs the twin.\n\n"
         "The compiled core (`transforms/core_build.py`: the per-update modules compiled unchanged by Cython 3 "
-        "at install) spends less CPU on the logic than its Python source (the table above: `export_logic`), "
-        "about 15% of the logic alone; inside the pipeline (`export_logic_in_pipeline`), where the logic pays "
-        "for the runner's surroundings (below), the difference is within the runs' noise. "
+        "at install) spends less CPU on the logic than its Python source (the table above: `export_logic`); "
+        "inside the pipeline the difference is within the runs' noise. "
         "Measured and not adopted: Cython `.pxd` declarations beside the modules (typed attributes, `cdef` "
-        "classes for the state, the merge policies, the exporter, the decider, the formatter and the audience "
-        "set) took the logic alone from about 12.0 to 10.5 µs per update, at the price of a second "
-        "declaration of every class's fields to keep in step with the Python and of behaviour that differs "
-        "between the builds (a mapping that is not a dict refused, a 64-bit counter); not worth 1.5 µs. "
-        "Earlier rounds took the logic from 16-17.8 to 14.9-15.4 µs per update (timestamp-ordered writes walk "
-        "the nested update and the view together; only the audiences to evaluate are looped over; the state "
-        "decode fills the slots directly) and measured a state in separately encoded parts (slower, and over "
-        "the 367-byte budget), relative timestamps and marshal formats 2 and 3 (no gain).\n\n"
+        "classes) took the logic alone from about 12.0 to 10.5 µs per update (before grouping), at the price of "
+        "a second declaration of every class's fields to keep in step with the Python and of behaviour that "
+        "differs between the builds; not worth 1.5 µs. Earlier rounds took the logic from 16-17.8 to "
+        "14.9-15.4 µs per update (timestamp-ordered writes walk the nested update and the view together; only "
+        "the audiences to evaluate are looped over; the state decode fills the slots directly), and grouping "
+        "took it to about 8 (a state decode and encode per profile per bundle instead of per update).\n\n"
         f"The ceiling, measured directly: `ExportRunnerTwin` deals with the runner exactly as the export does "
-        f"(the same state cell holding the export's own state bytes, the same timer declared, the export's "
-        f"records emitted, then discarded) but looks its results up instead of computing them. Against the bare "
-        f"DoFn it costs {fmt(us.get('runner_timers_and_outputs'))} µs more per update (of which declaring the "
-        f"event-time timer alone {fmt(s.get('us_timer_parameter'))}: `us_timer_parameter`; the benchmark's config "
-        f"has an event window, so the export declares it), so with the logic free the ratio would be "
-        f"{fmt(s.get('cpu_ratio_with_free_logic'))} in CPU seconds. The logic costs "
-        f"{fmt(us.get('export_logic_in_pipeline'))} µs per update inside the pipeline (the export against the "
-        f"twin) against {fmt(us.get('export_logic'))} alone; with the collector off in both runs "
-        f"(`export_logic_in_pipeline_without_collector`) it costs {fmt(quiet)} µs there, and the collector's "
-        f"passes in the export's run took {fmt(passes)} µs per update more than in the twin's. Runs on this "
-        "machine do not split the difference between the logic alone and inside the pipeline reliably between "
-        "the collector and colder caches (this round's runs put anywhere from nearly all of it to almost none "
-        f"on the collector). {needed}")
+        f"(the same grouping step, the same state cell holding the export's own state bytes, the same timer "
+        f"declared, the export's records emitted, then discarded) but looks its results up instead of computing "
+        f"them. Against the bare DoFn it costs {fmt(us.get('runner_timers_and_outputs'))} µs more per update "
+        f"(declaring the event-time timer alone costs the bare DoFn {fmt(s.get('us_timer_parameter'))}: "
+        "`us_timer_parameter`; the benchmark's config has an event window, so the export declares it), so with the "
+        f"logic free the ratio would be {fmt(s.get('cpu_ratio_with_free_logic'))} in CPU seconds. The logic costs "
+        f"{fmt(us.get('export_logic_in_pipeline'))} µs per update inside the pipeline (the export against the twin) "
+        f"against {fmt(us.get('export_logic'))} alone; {fmt(quiet)} µs with the collector off in both runs "
+        "(`export_logic_in_pipeline_without_collector`; runs on this machine do not split that difference "
+        f"reliably between the collector and colder caches). {needed}")
 
 
 def collector(s: dict) -> str:
@@ -127,13 +134,18 @@ def streaming_builds(s: dict, pure: Optional[dict]) -> list:
     rows = [("export updates/s", "export_updates_per_s"), ("bare counting DoFn updates/s", "count_per_key_updates_per_s"),
             ("ratio (goal ≥ 0.7)", "ratio"), ("ratio in CPU seconds", "cpu_ratio"),
             ("ratio in CPU seconds if the logic cost nothing", "cpu_ratio_with_free_logic"),
-            ("export logic alone, updates/s", "pure_updates_per_s")]
+            ("export logic alone, updates/s", "pure_updates_per_s"), ("updates per group", "updates_per_group")]
     split = [("source", "source"), ("runner keyed state", "runner_keyed_state"), ("export logic", "export_logic"),
-             ("runner timers, outputs, extra GC", "runner_timers_and_outputs"),
+             ("runner: grouping, timer, outputs, extra GC", "runner_timers_and_outputs"),
              ("export logic inside the pipeline", "export_logic_in_pipeline"),
              ("the same, collector off", "export_logic_in_pipeline_without_collector")]
     lines = ["| per update | compiled core | pure-Python core |", "|---|---|---|"]
     lines += [f"| {label} | {fmt(s.get(key))} | {fmt(pure.get(key))} |" for label, key in rows]
+    for label, part, key in (("ratio, every update on its own", "one_update_per_group", "ratio"),
+                             ("ratio, distinct profiles", "distinct_profiles", "ratio"),
+                             ("ratio, distinct profiles, every update on its own", "distinct_profiles",
+                              "ratio_one_update_per_group")):
+        lines.append(f"| {label} | {fmt((s.get(part) or {}).get(key))} | {fmt((pure.get(part) or {}).get(key))} |")
     lines += [f"| CPU µs: {label} | {fmt((s.get('us_per_update') or {}).get(key))} | "
               f"{fmt((pure.get('us_per_update') or {}).get(key))} |" for label, key in split]
     lines += [f"| CPU µs: timer parameter alone | {fmt(s.get('us_timer_parameter'))} | {fmt(pure.get('us_timer_parameter'))} |",

@@ -19,6 +19,12 @@ collector off in both runs, ``export_logic_in_pipeline_without_collector``);
 ``cpu_ratio_with_free_logic`` (the bare DoFn against the twin) is the most the export's ratio could
 be on this runner whatever its logic;
 ``us_timer_parameter`` is what declaring an event-time timer alone costs the bare DoFn;
+``updates_per_group`` how many updates of one profile the export's grouping step
+(``GroupUpdatesByProfile``) handed the stateful step together (the generated input arrives as one
+bundle); ``one_update_per_group`` the same export applying every update on its own
+(``max_grouped_updates=1``); ``distinct_profiles`` the bare DoFn and both exports on half as many
+updates over as many profiles (no profile twice in a bundle: what grouping costs where it gains
+nothing);
 ``us_garbage_collector`` the CPU the collector's passes took per update in the bare DoFn's run,
 the twin's and the export's (``gc.callbacks``), a large share of both on this runner, which holds each
 step's whole input in memory. What the process holds before a run (modules, what earlier runs
@@ -281,10 +287,19 @@ def main(argv=None) -> dict:
                 | "Twin" >> beam.ParDo(ExportRunnerTwin())
                 | "Discard" >> beam.Map(lambda r: None))
 
-    def export(p, held: int = DEFAULT_MAX_GROUPED_UPDATES):
-        return (_source(p, n, k)
-                | ExportProfileChanges(CONFIG, until_ms=T0 + n * 1000, max_grouped_updates=held)
+    def export(p, held: int = DEFAULT_MAX_GROUPED_UPDATES, updates: int = n, profiles: int = k):
+        return (_source(p, updates, profiles)
+                | ExportProfileChanges(CONFIG, until_ms=T0 + updates * 1000, max_grouped_updates=held)
                 | "Discard" >> beam.Map(lambda r: None))
+
+    def count(p, updates: int = n, profiles: int = k):
+        return (_source(p, updates, profiles)
+                | "Key" >> beam.Map(lambda u: (u.profile_id, u)).with_output_types(Tuple[str, Any])
+                | "Count" >> beam.ParDo(CountPerKey()))
+
+    # updates over as many profiles, no two of one profile in a bundle: what grouping costs where it gains nothing
+    distinct_n, distinct_k = n // 2, n * 1000
+    distinct = {"bare": (inf, inf), "grouped": (inf, inf), "one": (inf, inf)}   # least wall and CPU seconds
 
     consent_result = None
     for _ in range(args.repeat):
@@ -295,9 +310,7 @@ def main(argv=None) -> dict:
             consent_s, consent_cpu = min(consent_s, seconds), min(consent_cpu, cpu)
         seconds, cpu, _, _ = _run(lambda p: _source(p, n, k))
         source_s, source_cpu = min(source_s, seconds), min(source_cpu, cpu)
-        seconds, cpu, collected, _ = _run(lambda p: _source(p, n, k)
-                                          | "Key" >> beam.Map(lambda u: (u.profile_id, u)).with_output_types(Tuple[str, Any])
-                                          | "Count" >> beam.ParDo(CountPerKey()))
+        seconds, cpu, collected, _ = _run(count)
         baseline_s, baseline_cpu, baseline_gc = min(baseline_s, seconds), min(baseline_cpu, cpu), min(baseline_gc, collected)
         _, cpu, _, _ = _run(lambda p: _source(p, n, k)
                             | "Key" >> beam.Map(lambda u: (u.profile_id, u)).with_output_types(Tuple[str, Any])
@@ -309,6 +322,11 @@ def main(argv=None) -> dict:
         export_s, export_cpu, export_gc = min(export_s, seconds), min(export_cpu, cpu), min(export_gc, collected)
         seconds, cpu, _, _ = _run(lambda p: export(p, held=1))
         ungrouped_s, ungrouped_cpu = min(ungrouped_s, seconds), min(ungrouped_cpu, cpu)
+        for name, build in (("bare", lambda p: count(p, distinct_n, distinct_k)),
+                            ("grouped", lambda p: export(p, updates=distinct_n, profiles=distinct_k)),
+                            ("one", lambda p: export(p, 1, distinct_n, distinct_k))):
+            seconds, cpu, _, _ = _run(build)
+            distinct[name] = min(distinct[name][0], seconds), min(distinct[name][1], cpu)
         twin_quiet_cpu = min(twin_quiet_cpu, _run(twin, collector_on=False)[1])
         export_quiet_cpu = min(export_quiet_cpu, _run(export, collector_on=False)[1])
     counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
@@ -341,6 +359,13 @@ def main(argv=None) -> dict:
         "one_update_per_group": {"export_updates_per_s": round(n / ungrouped_s),
                                  "ratio": round(baseline_s / ungrouped_s, 3),
                                  "cpu_ratio": round(baseline_cpu / ungrouped_cpu, 3)},
+        "distinct_profiles": {"updates": distinct_n,
+                              "export_updates_per_s": round(distinct_n / distinct["grouped"][0]),
+                              "count_per_key_updates_per_s": round(distinct_n / distinct["bare"][0]),
+                              "ratio": round(distinct["bare"][0] / distinct["grouped"][0], 3),
+                              "cpu_ratio": round(distinct["bare"][1] / distinct["grouped"][1], 3),
+                              "ratio_one_update_per_group": round(distinct["bare"][0] / distinct["one"][0], 3),
+                              "cpu_ratio_one_update_per_group": round(distinct["bare"][1] / distinct["one"][1], 3)},
         # updates per element of the stateful step: a bundle's updates of one profile
         "updates_per_group": round(n / counters["update_groups"], 2),
         "records": counters.get("records"),

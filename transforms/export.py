@@ -266,8 +266,10 @@ class ExportProfileChanges(beam.PTransform):
         self._max_grouped_updates = max_grouped_updates
 
     def expand(self, updates):
-        keyed = (updates | "GroupByProfileInBundle" >> beam.ParDo(GroupUpdatesByProfile(self._max_grouped_updates))
-                 .with_output_types(Tuple[str, Any]))
+        # one update held is none: each goes on keyed as it comes, without the grouping step's price
+        key_by_profile = (beam.Map(lambda u: (u.profile_id, u)) if self._max_grouped_updates == 1
+                          else beam.ParDo(GroupUpdatesByProfile(self._max_grouped_updates)))
+        keyed = updates | "KeyByProfile" >> key_by_profile.with_output_types(Tuple[str, Any])
         side = {}
         if self._seed is not None:
             # a multimap side input is looked up per key on portable runners (AsDict would
