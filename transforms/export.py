@@ -3,16 +3,19 @@
 ``GroupUpdatesByProfile`` keys the updates by profileId, a bundle's updates of one profile
 together, for one stateful DoFn with one ``ReadModifyWriteState`` cell (the whole
 ``ProfileState``, ``ProfileStateCoder``) and, only when some rule reads events or an upload
-expires, one event-time timer: each state cell or timer costs the DirectRunner a per-key, per-bundle
-price (docs/DEVELOPING.md), and each element a per-element one, which the grouping pays once per
-profile per bundle. A record is stamped no earlier than what produced it: with the latest timestamp of
-its profile's updates in the bundle (the readers stamp each update with its own time), or with
-its timer's; a time-window change caught up by a later update goes out with that update's group. (Re-stamping
-each record with its ``event_time_ms`` cost the DirectRunner ~10% of streaming throughput.) Metrics (namespace ``export``): ``updates``, ``update_groups`` (the stateful step's elements),
-``records``, ``exports_audience``
-/ ``_identity`` / ``_attribute`` / ``_consent`` / ``_expiry`` (records by trigger), ``exits``,
-``timers_fired``, ``consent_withheld`` / ``consent_opt_outs`` / ``consent_opt_ins``, and the
-``state_bytes`` distribution (one state write in ``STATE_BYTES_SAMPLE``).
+expires, one event-time timer: each state cell or timer costs the DirectRunner a per-key,
+per-bundle price (docs/DEVELOPING.md), and each element a per-element one, which the grouping
+pays once per profile per bundle. A record is stamped no earlier than what produced it: with the
+latest timestamp of its profile's updates in the bundle (the readers stamp each update with its
+own time), or with its timer's; a time-window change caught up by a later update goes out with
+that update's group. (Re-stamping each record with its ``event_time_ms`` cost the DirectRunner
+~10% of streaming throughput.)
+
+Metrics (namespace ``export``): ``updates``, ``update_groups`` (the stateful step's elements),
+``records``, ``exports_audience`` / ``_identity`` / ``_attribute`` / ``_consent`` / ``_expiry``
+(records by trigger), ``exits``, ``timers_fired``, ``consent_withheld`` / ``consent_opt_outs``
+/ ``consent_opt_ins``, and the ``state_bytes`` distribution (one state write in
+``STATE_BYTES_SAMPLE``).
 
 The per-profile logic (activation controls, event time) is ``exporter.ProfileExporter``.
 
@@ -205,9 +208,9 @@ class GroupUpdatesByProfile(beam.DoFn):
     pays the runner's per-element price for keyed state and its timer, once per profile per bundle
     instead of once per update (mini-batching, as Flink's SQL engine does for keyed aggregates).
     Each update is still evaluated and diffed on its own, so the records are the same. A group
-    takes the latest timestamp of its updates, so that no record is stamped before what produced it. At most ``max_updates`` are
-    held: past that the groups go on at once, so a large bundle that a runner streams through
-    (a batch worker) is not also held here."""
+    takes the latest timestamp of its updates, so that no record is stamped before what produced
+    it. At most ``max_updates`` are held: past that the groups go on at once, so a large bundle
+    that a runner streams through (a batch worker) is not also held here."""
 
     def __init__(self, max_updates: int = DEFAULT_MAX_GROUPED_UPDATES):
         if max_updates < 1:
