@@ -165,7 +165,7 @@ class ExportRunnerTwin(beam.DoFn):
     def process(self, element, profile=beam.DoFn.StateParam(PROFILE), time_change=beam.DoFn.TimerParam(TIME_CHANGE)):
         profile.read()
         results = self._results
-        updates = element[1] if type(element[1]) is list else (element[1],)
+        updates = GroupUpdatesByProfile.updates_of(element[1])
         records = [record for update in updates for record in results[update.timestamp_ms][1]]
         profile.write(results[updates[-1].timestamp_ms][0])
         return records
@@ -292,10 +292,10 @@ def main(argv=None) -> dict:
                 | ExportProfileChanges(CONFIG, until_ms=T0 + updates * 1000, max_grouped_updates=held)
                 | "Discard" >> beam.Map(lambda r: None))
 
-    def count(p, updates: int = n, profiles: int = k):
+    def count(p, updates: int = n, profiles: int = k, counter=CountPerKey):
         return (_source(p, updates, profiles)
                 | "Key" >> beam.Map(lambda u: (u.profile_id, u)).with_output_types(Tuple[str, Any])
-                | "Count" >> beam.ParDo(CountPerKey()))
+                | "Count" >> beam.ParDo(counter()))
 
     # updates over as many profiles, no two of one profile in a bundle: what grouping costs where it gains nothing
     distinct_n, distinct_k = n // 2, n * 1000
@@ -312,9 +312,7 @@ def main(argv=None) -> dict:
         source_s, source_cpu = min(source_s, seconds), min(source_cpu, cpu)
         seconds, cpu, collected, _ = _run(count)
         baseline_s, baseline_cpu, baseline_gc = min(baseline_s, seconds), min(baseline_cpu, cpu), min(baseline_gc, collected)
-        _, cpu, _, _ = _run(lambda p: _source(p, n, k)
-                            | "Key" >> beam.Map(lambda u: (u.profile_id, u)).with_output_types(Tuple[str, Any])
-                            | "CountTimed" >> beam.ParDo(CountPerKeyTimed()))
+        _, cpu, _, _ = _run(lambda p: count(p, counter=CountPerKeyTimed))
         timed_cpu = min(timed_cpu, cpu)
         _, cpu, collected, _ = _run(twin)
         twin_cpu, twin_gc = min(twin_cpu, cpu), min(twin_gc, collected)

@@ -328,7 +328,7 @@ def grouped(fn, bundle):
     out = [wv for update, ts, window in bundle
            for wv in fn.process(update, WindowedValue(update, Timestamp(ts), (window,)))]
     out += fn.finish_bundle()
-    return [(wv.value[0], [x.timestamp_ms for x in (wv.value[1] if isinstance(wv.value[1], list) else [wv.value[1]])],
+    return [(wv.value[0], [x.timestamp_ms for x in GroupUpdatesByProfile.updates_of(wv.value[1])],
              wv.timestamp.micros // 10 ** 6, wv.windows) for wv in out]
 
 

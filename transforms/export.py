@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import collections
 import operator
-from typing import Any, FrozenSet, Iterable, Optional, Tuple
+from typing import Any, FrozenSet, Iterable, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.coders import coders
@@ -125,9 +125,7 @@ class _ExportProfileChangesFn(beam.DoFn):
     def _on_update(self, element, profile, time_change, seeds):
         """A bundle's updates of one profile (``GroupUpdatesByProfile``), each applied and
         evaluated in turn against one state read and written once."""
-        key, updates = element
-        if type(updates) is not list:
-            updates = (updates,)
+        key, updates = element[0], GroupUpdatesByProfile.updates_of(element[1])
         n = len(updates)
         self._updates += n
         self._groups += 1
@@ -244,6 +242,11 @@ class GroupUpdatesByProfile(beam.DoFn):
         groups, self._groups, self._held = self._groups, {}, 0
         return [WindowedValue((profile_id, updates), timestamp, windows)
                 for windows, profiles in groups.items() for profile_id, (timestamp, updates) in profiles.items()]
+
+    @staticmethod
+    def updates_of(grouped) -> Sequence[ProfileUpdate]:
+        """The updates of one emitted group (a lone update travels without a list)."""
+        return grouped if type(grouped) is list else (grouped,)
 
 
 def newest_row(rows: Iterable[SnapshotProfile]) -> SnapshotProfile:
