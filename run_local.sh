@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # installing compiles the per-update core (transforms/core_build.py): again when one of its sources changed
 core=$(sed -n '/^COMPILED_MODULES/,/)$/p' transforms/core_build.py | grep -o 'transforms\.[a-z_]*' | sed 's#\.#/#; s#$#.py#')
-stamp=.venv/.installed-$(cat setup.py pyproject.toml $core | sha1sum | cut -c1-12)
+stamp=.venv/.installed-$(cat setup.py pyproject.toml $core transforms/*.pxd | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
   .venv/bin/python -m pip install -q -e ".[test,bench]"

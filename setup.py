@@ -51,7 +51,8 @@ setuptools.setup(
     version="0.1.0",
     description="Apache Beam job streaming audience qualifications and profile attributes to Amazon Kinesis",
     packages=["pipelines", "transforms", "schemas"],
-    package_data={"schemas": ["*.json", "*.avsc"]},
+    # the .pxd declarations travel with the sources that a worker's install (--setup_file) compiles
+    package_data={"schemas": ["*.json", "*.avsc"], "transforms": ["*.pxd"]},
     python_requires=">=3.10",
     ext_modules=extensions(),
     options={"build_ext": {"parallel": os.cpu_count() or 1}},

@@ -49,11 +49,26 @@ def test_a_source_edited_after_its_build_is_imported_from_source(package, caplog
     with caplog.at_level(logging.WARNING):
         core_build.install(environ={})
     finder = sys.meta_path[0]
-    assert isinstance(finder, core_build._PureSource) and finder.names == {"transforms.merge"}
+    # the whole core: the compiled modules use each other's extension types
+    assert isinstance(finder, core_build._PureSource) and finder.names == set(core_build.COMPILED_MODULES)
     assert finder.find_spec("transforms.merge").origin == str(source)
-    assert finder.find_spec("transforms.rules") is None
+    assert finder.find_spec("transforms.rules").origin == os.path.join(os.path.dirname(source), "rules.py")
+    assert finder.find_spec("transforms.model") is None
     assert [r.getMessage() for r in caplog.records] == [
-        f"{source} was edited after it was compiled: running its Python source (pip install -e . rebuilds it)"]
+        f"{source} was edited after it was compiled: running the per-update core from its Python source "
+        "(pip install -e . rebuilds it)"]
+
+
+def test_edited_declarations_count_as_an_edit(package, monkeypatch):
+    source, extension = package
+    declarations = source.with_suffix(".pxd")
+    declarations.write_text("cdef class MergePolicies:\n    pass\n")
+    os.utime(source, (1_000_000, 1_000_000))
+    os.utime(extension, (1_000_000, 1_000_000))
+    os.utime(declarations, (1_000_010, 1_000_010))
+    monkeypatch.setattr(sys, "meta_path", [f for f in sys.meta_path if not isinstance(f, core_build._PureSource)])
+    core_build.install(environ={})
+    assert sys.meta_path[0].names == set(core_build.COMPILED_MODULES)
 
 
 def test_files_of_one_build_are_not_taken_for_an_edit(package, monkeypatch):
@@ -68,7 +83,7 @@ def test_files_of_one_build_are_not_taken_for_an_edit(package, monkeypatch):
 def test_a_core_that_could_not_be_compiled_warns_once(monkeypatch, caplog):
     monkeypatch.delenv(core_build.PURE_ENV, raising=False)
     monkeypatch.setattr(core_build, "builds", lambda: {"transforms.merge": "pure", "transforms.rules": "compiled"})
-    monkeypatch.setattr(core_build, "_edited_after_build", lambda name: False)
+    monkeypatch.setattr(core_build, "_edited_after_build", lambda name: [])
     monkeypatch.setattr(core_build, "_warned", False)
     with caplog.at_level(logging.WARNING):
         core_build.warn_if_pure()

@@ -7,7 +7,8 @@ import pytest
 from tests.export_helpers import DELOREAN, audience, make_config
 from transforms.config import MappedAudience
 from transforms.record_format import RecordFormatter
-from transforms.timeutil import parse_timestamp_ms
+from transforms import timeutil
+from transforms.timeutil import format_qualification_time, parse_timestamp_ms
 
 T = parse_timestamp_ms("2024-05-01T10:00:00Z")
 VIEW = {"vehicle": {"make": "DeLorean"}, "personalEmail": {"address": "john.doe@acme.com"},
@@ -97,3 +98,26 @@ def test_unicode_and_escaping_compact_utf8():
 ])
 def test_partition_key(profile_id, key):
     assert RecordFormatter.partition_key(profile_id) == key
+
+
+@pytest.mark.parametrize("ms,text", [
+    (0, "1970-01-01T00:00:00Z"),
+    (1_714_557_600_000, "2024-05-01T10:00:00Z"),
+    (1_714_557_600_999, "2024-05-01T10:00:00Z"),      # seconds precision: the milliseconds are cut
+    (1_714_557_659_000, "2024-05-01T10:00:59Z"),
+    (86_399_999, "1970-01-01T23:59:59Z"),
+    (951_782_400_000, "2000-02-29T00:00:00Z"),
+    (-1, "1969-12-31T23:59:59Z"),                      # before the epoch: the second it falls in
+    (-86_400_000, "1969-12-31T00:00:00Z"),
+    (253_402_300_799_000, "9999-12-31T23:59:59Z"),
+])
+def test_qualification_time_text(ms, text):
+    assert format_qualification_time(ms) == text
+
+
+def test_qualification_times_over_more_days_than_the_dates_kept():
+    start = datetime.datetime(2024, 5, 1, 11, 2, 3)
+    for day in range(timeutil._DATES_KEPT + 10):
+        assert (format_qualification_time(T + day * 86_400_000 + 3_723_000)
+                == (start + datetime.timedelta(days=day)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    assert len(timeutil._DATES) <= timeutil._DATES_KEPT

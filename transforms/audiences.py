@@ -198,6 +198,10 @@ class AudienceSet:
                 best = due
         return best
 
+    def holds_expired(self, realized: Collection[str], now_ms: int) -> bool:
+        """Whether the profile is still in an upload audience that has expired by ``now_ms``."""
+        return any(due <= now_ms and aid in realized for aid, due in self.expiries.items())
+
     def evaluate_batch(self, batch, now_ms: int, event_aggregates=None) -> Dict[str, pa.BooleanArray]:
         """Backfill: one boolean array per audience over a snapshot batch (one merged view per
         row, so every policy reads the same columns); rules vectorized, uploads over

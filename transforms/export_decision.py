@@ -111,11 +111,11 @@ class ExportDecider:
             # (a) a mapped audience of the policy entered or exited; (b), (c) only while the
             # profile is realized in one of them after the update
             changed = [] if before is after else [a for a in mapped if (a in before) != (a in after)]
-            touching = touched and any(a in after for a in mapped)
+            touching = touched and not after.keys().isdisjoint(mapped)
             if not changed and not touching:
                 continue
-            ups = tuple((a, REALIZED, after[a]) if a in after else (a, EXITED, now_ms)
-                        for a in audiences if a in after or a in changed)
+            ups = tuple([(a, REALIZED, after[a]) if a in after else (a, EXITED, now_ms)
+                         for a in audiences if a in after or a in changed])
             if changed:
                 expired = [bool(expiries) and a in expiries and now_ms >= expiries[a] for a in changed]
                 triggers = (((AUDIENCE,) if not all(expired) else ()) + (touched_kinds if touching else ())

@@ -126,8 +126,7 @@ class ProfileExporter:
             # past ``until_ms`` time changes are not timed: whatever is evaluated catches them up
             if event_added or (timer is not None and timer <= now) or (
                     self.until_ms is not None and now > self.until_ms
-                    and (state.events or dirty or consent_read
-                         or any(due <= now and a in state.realized for a, due in audiences.expiries.items()))):
+                    and (state.events or dirty or consent_read or audiences.holds_expired(state.realized, now))):
                 dirty = dirty | audiences.time_readers
         if dirty is None or dirty or consent_read:
             if evaluated is not None and evaluated > now:

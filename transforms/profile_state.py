@@ -181,4 +181,4 @@ def decode(data: bytes) -> ProfileState:
     return state
 
 
-_new = object.__new__
+_new = ProfileState.__new__   # (object.__new__ refuses the compiled build's extension type)

@@ -3,14 +3,14 @@
 Everything that depends only on the config is prepared once: the mapped attribute paths as a
 nested key tree in output order (attributes in mapping order, a nested object where its first
 mapped path is; a mapped path under another mapped path is covered by it), and per audience the
-JSON text around ``lastQualificationTime`` for each status. A record is then a pick of the
-mapped values (one C-encoded ``json`` call), string joins, and the identity map.
+JSON text around ``lastQualificationTime`` for each status. A record is then the mapped values
+present written as JSON along that tree (its keys' text prepared too), string joins, and the
+identity map.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import decimal
-import functools
 import hashlib
 import json
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
@@ -52,8 +52,6 @@ def _compact_json():
 
 encode_json = _compact_json()
 
-_qualification_time = functools.lru_cache(maxsize=4096)(format_qualification_time)
-
 
 def _mapped_tree(paths: Sequence[str]) -> Dict[str, Optional[dict]]:
     """Nested dict of mapped keys in output order; ``None`` marks an exported (whole) value."""
@@ -71,20 +69,30 @@ def _mapped_tree(paths: Sequence[str]) -> Dict[str, Optional[dict]]:
     return tree
 
 
-def _pick(view: Mapping[str, Any], tree: Dict[str, Optional[dict]]) -> dict:
-    out = {}
-    for key, sub in tree.items():
+def _mapped_members(tree: Dict[str, Optional[dict]]) -> Tuple[Tuple[str, str, Optional[tuple]], ...]:
+    """The key tree as ``(key, its JSON text and a colon, subtree or None)``, for ``_members``."""
+    return tuple((key, _quote(key) + ":", None if sub is None else _mapped_members(sub)) for key, sub in tree.items())
+
+
+def _members(view: Mapping[str, Any], tree: Tuple[Tuple[str, str, Optional[tuple]], ...]) -> str:
+    """The JSON object members (no braces; ``""`` for none) of the mapped values present on
+    ``view``, written while the tree is walked: an object no mapped value is under is left out, as
+    are empty objects."""
+    members = []
+    for key, head, sub in tree:
         value = view.get(key)
         if value is None:
             continue
         if sub is None:
-            if value != {}:
-                out[key] = value
+            if type(value) is str:
+                members.append(head + _quote(value))
+            elif value != {}:
+                members.append(head + encode_json(value))
         elif type(value) is dict:
-            picked = _pick(value, sub)
-            if picked:
-                out[key] = picked
-    return out
+            inner = _members(value, sub)
+            if inner:
+                members.append(head + "{" + inner + "}")
+    return ",".join(members)
 
 
 def export_id(profile_id: str, policy_id: str, part: str) -> str:
@@ -96,6 +104,7 @@ class RecordFormatter:
     def __init__(self, config: ExportConfig):
         dest = config.destination
         self._tree = _mapped_tree(config.mapping.attributes)
+        self._member_tree = _mapped_members(self._tree)
         mapping = {m.id: m for m in config.mapping.audiences}
         self._head: Dict[str, str] = {}
         self._tail: Dict[Tuple[str, str], str] = {}
@@ -129,11 +138,11 @@ class RecordFormatter:
         with ``ups`` as ``(audience_id, status, lastQualificationTime ms)``, the identity map,
         then ``metadata`` (``export_metadata``'s member, or nothing)."""
         head, tail = self._head, self._tail
-        attributes = _pick(view, self._tree)
-        ups = ",".join([head[a] + _qualification_time(ms // 1000 * 1000) + tail[a, s] for a, s, ms in ups])
+        attributes = _members(view, self._member_tree)
+        ups = ",".join([head[a] + format_qualification_time(ms) + tail[a, s] for a, s, ms in ups])
         ids = ",".join([_quote(ns) + (':[{"id":' + _ID_SEPARATOR.join(map(_quote, values)) + "}]" if values else ":[]")
                         for ns, values in identities.items()]) if identities else ""
-        start = encode_json(attributes)[:-1] + "," if attributes else "{"
+        start = "{" + attributes + "," if attributes else "{"
         return f'{start}"segmentMembership":{{"ups":{{{ups}}}}},"identityMap":{{{ids}}}{metadata}}}'.encode()
 
     @staticmethod

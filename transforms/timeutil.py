@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import time
-from typing import Union
+from typing import Dict, Union
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 
@@ -43,9 +43,24 @@ def parse_timestamp_ms(value: Union[str, int, float, _dt.datetime, _dt.date]) ->
     raise ValueError(f"timestamp must be ISO-8601 text or epoch milliseconds, got {type(value).__name__}")
 
 
+_DAY_S = 86_400
+_TWO_DIGITS = tuple(f"{n:02d}" for n in range(60))
+_DATES: Dict[int, str] = {}   # day number since the epoch -> "YYYY-MM-DDT"
+_DATES_KEPT = 4096
+
+
 def format_qualification_time(ms: int) -> str:
-    """``YYYY-MM-DDTHH:MM:SSZ`` (UTC, seconds precision) as export records carry it."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms // 1000))
+    """``YYYY-MM-DDTHH:MM:SSZ`` (UTC, seconds precision) as export records carry it; on the
+    per-record path, so the date part is formatted once per day and the time of day by table."""
+    day, second = divmod(ms // 1000, _DAY_S)
+    date = _DATES.get(day)
+    if date is None:
+        if len(_DATES) >= _DATES_KEPT:
+            _DATES.clear()
+        date = _DATES[day] = time.strftime("%Y-%m-%dT", time.gmtime(day * _DAY_S))
+    hour, second = divmod(second, 3600)
+    minute, second = divmod(second, 60)
+    return f"{date}{_TWO_DIGITS[hour]}:{_TWO_DIGITS[minute]}:{_TWO_DIGITS[second]}Z"
 
 
 def format_iso_ms(ms: int) -> str:

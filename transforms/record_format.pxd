@@ -1,0 +1,8 @@
+# record_format.py's classes as extension types, for the compiled build (see transforms/core_build.py)
+
+cdef class RecordFormatter:
+    cdef public object _tree, _member_tree, _head, _tail
+    cpdef bytes format(self, view, ups, identities, metadata=*)
+
+
+cpdef str _members(view, tuple tree)
