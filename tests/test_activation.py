@@ -140,7 +140,8 @@ def test_consent(upload, updates, expected, triggers):
 def test_consent_metrics(upload):
     ex = exporter(config(upload))
     run(ex, [u(T0, DELOREAN), u(T0 + H, name("A")), u(T0 + 2 * H, Y), u(T0 + 3 * H, N), u(T0 + 4 * H, TESLA)])
-    assert ex.counts == {"consent_withheld": 3, "consent_opt_ins": 1, "consent_opt_outs": 1}
+    consent = {name: n for name, n in ex.counts.items() if name.startswith("consent_")}
+    assert consent == {"consent_withheld": 3, "consent_opt_ins": 1, "consent_opt_outs": 1}
 
 
 @pytest.mark.parametrize("consents,updates,expected", [

@@ -118,3 +118,27 @@ AFTER_CASES = [
                          ids=[c[0] for c in AFTER_CASES])
 def test_decide_on_statuses_after(before, after, ids, attrs, expected):
     assert DECIDER.decide(before, after, NOW, ids, attrs) == expected
+
+
+def test_the_exporter_counts_its_records_by_trigger_and_the_exits_they_announce():
+    """The ``exports_*`` and ``exits`` metrics: one count per trigger a record lists, one per
+    exited entry it carries."""
+    from tests.export_helpers import DELOREAN
+    from transforms.audiences import AudienceSet
+    from transforms.exporter import ProfileExporter
+    from transforms.model import ProfileUpdate
+    from transforms.profile_state import ProfileState
+
+    config = make_config(audiences=(DELOREAN,))
+    exporter = ProfileExporter(config, AudienceSet.from_config(config))
+    state = ProfileState()
+    updates = [
+        ({"vehicle": {"make": "DeLorean"}, "person": {"birthDate": "1985-10-26"}}, {}),   # enters, mapped write
+        ({"person": {"name": {"firstName": "John"}}}, {}),                               # mapped write
+        ({}, {"email": ("john@acme.com",)}),                                              # identity added
+        ({"vehicle": {"make": "Tesla"}}, {}),                                             # exits
+    ]
+    triggers = [plan.triggers for t, (attributes, ids) in enumerate(updates, start=1)
+                for _, plan in exporter.update("p", state, ProfileUpdate("p", t * 1000, None, ids, {}, attributes))]
+    assert triggers == [("audience", "attribute"), ("attribute",), ("identity",), ("audience",)]
+    assert exporter.counts == {"exports_audience": 2, "exports_attribute": 2, "exports_identity": 1, "exits": 1}

@@ -47,7 +47,6 @@ from apache_beam.utils.windowed_value import WindowedValue
 from transforms import core_build, profile_state, progress
 from transforms.audiences import AudienceSet
 from transforms.config import ExportConfig
-from transforms.export_decision import ATTRIBUTE, AUDIENCE, CONSENT, EXITED, EXPIRY, IDENTITY
 from transforms.exporter import ProfileExporter
 from transforms.model import ProfileUpdate, SnapshotProfile
 from transforms.profile_state import ProfileState, seeded_members
@@ -85,7 +84,6 @@ class ProfileStateCoder(coders.Coder):
 
 beam.coders.registry.register_coder(ProfileState, ProfileStateCoder)
 _SNAPSHOT_TIME = operator.attrgetter("timestamp_ms")
-_EXPORTS_BY_TRIGGER = {kind: "exports_" + kind for kind in (AUDIENCE, IDENTITY, ATTRIBUTE, CONSENT, EXPIRY)}
 
 
 class _ExportProfileChangesFn(beam.DoFn):
@@ -158,14 +156,7 @@ class _ExportProfileChangesFn(beam.DoFn):
             self._state_bytes.update(len(profile_state.encode(state)))
         if not out:
             return ()
-        counts = self._counts
-        counts["records"] += len(out)
-        for _, plan in out:
-            for kind in plan.triggers:
-                counts[_EXPORTS_BY_TRIGGER[kind]] += 1
-            for _, status, _ in plan.ups:
-                if status == EXITED:
-                    counts["exits"] += 1
+        self._counts["records"] += len(out)   # by trigger and exits: counted by the exporter
         return [record for record, _ in out]
 
 
@@ -227,21 +218,23 @@ class GroupUpdatesByProfile(beam.DoFn):
         if profiles is None:
             profiles = self._groups[windows] = {}
         group = profiles.get(update.profile_id)
+        # the time in microseconds: a WindowedValue builds its ``timestamp`` object on each read
+        micros = element.timestamp_micros
         if group is None:
-            profiles[update.profile_id] = (element.timestamp, update)
+            profiles[update.profile_id] = (micros, update)
         else:
             updates = group[1]
             if type(updates) is not list:
                 updates = [updates]
             updates.append(update)
-            profiles[update.profile_id] = (max(group[0], element.timestamp), updates)
+            profiles[update.profile_id] = (max(group[0], micros), updates)
         self._held += 1
         return self.finish_bundle() if self._held >= self._max_updates else ()
 
     def finish_bundle(self):
         groups, self._groups, self._held = self._groups, {}, 0
-        return [WindowedValue((profile_id, updates), timestamp, windows)
-                for windows, profiles in groups.items() for profile_id, (timestamp, updates) in profiles.items()]
+        return [WindowedValue((profile_id, updates), Timestamp(micros=micros), windows)
+                for windows, profiles in groups.items() for profile_id, (micros, updates) in profiles.items()]
 
     @staticmethod
     def updates_of(grouped) -> Sequence[ProfileUpdate]:

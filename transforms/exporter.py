@@ -34,12 +34,14 @@ from typing import FrozenSet, List, Optional, Tuple
 
 from transforms.audiences import AudienceSet, compile_consent
 from transforms.config import ExportConfig
-from transforms.export_decision import ExportDecider, ExportPlan, PathMatcher
+from transforms.export_decision import (ATTRIBUTE, AUDIENCE, CONSENT, EXITED, EXPIRY, IDENTITY, ExportDecider,
+                                        ExportPlan, PathMatcher)
 from transforms.merge import MergePolicies
 from transforms.model import ExportRecord, ProfileUpdate, SnapshotProfile
 from transforms.profile_state import ProfileState
 from transforms.record_format import RecordFormatter
 
+EXPORTS_BY_TRIGGER = {kind: "exports_" + kind for kind in (AUDIENCE, IDENTITY, ATTRIBUTE, CONSENT, EXPIRY)}
 _NO_SEGMENTS: dict = {}
 _NO_ATTRIBUTES: dict = {}
 _NO_POLICIES: FrozenSet[str] = frozenset()
@@ -79,7 +81,9 @@ class ProfileExporter:
         self.mapped_attributes = self.decider.mapped_attributes
         self.max_events = config.evaluation.max_events_per_profile
         self.metadata = config.destination.include_export_metadata
-        self.counts: collections.Counter = collections.Counter()   # consent metrics, read by the DoFn
+        # metrics, read by the DoFn: records by trigger (``EXPORTS_BY_TRIGGER``), ``exits`` (exited
+        # entries) and the consent counts
+        self.counts: collections.Counter = collections.Counter()
 
     def seed(self, snapshot: SnapshotProfile) -> ProfileState:
         """A seeded profile's state; with consent, the seed's consent is where it starts from (a
@@ -219,11 +223,17 @@ class ProfileExporter:
 
     def _format(self, key, state, views, plans, now, event_time_ms, out):
         partition_key = self.formatter.partition_key(key)
+        counts = self.counts
         for plan in plans:
             view = views[plan.policy_id] if plan.attributes else _NO_ATTRIBUTES
             metadata = self._metadata(key, state, plan, now) if self.metadata else ""
             data = self.formatter.format(view, plan.ups, state.identities, metadata)
             out.append((ExportRecord(partition_key, data, event_time_ms), plan))
+            for kind in plan.triggers:
+                counts[EXPORTS_BY_TRIGGER[kind]] += 1
+            for _, status, _ in plan.ups:
+                if status == EXITED:
+                    counts["exits"] += 1
 
     def _metadata(self, key, state, plan, now) -> str:
         """The ``_export`` member; the sequence of the profile and policy lives in its state."""

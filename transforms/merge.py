@@ -316,7 +316,7 @@ def merge_identities(identities: Dict[str, Tuple[str, ...]], added: Mapping[str,
     changed = False
     for ns, ids in added.items():
         held = identities.get(ns, ())
-        new = tuple(i for i in dict.fromkeys(ids) if i not in held)
+        new = tuple([i for i in dict.fromkeys(ids) if i not in held])
         if new:
             identities[ns] = held + new
             changed = True
