@@ -177,9 +177,9 @@ class ExportRunnerTwin(beam.DoFn):
 
 def run_logic(exporter: ProfileExporter, updates, results: Optional[dict] = None) -> dict:
     """The per-profile logic alone over ``updates``, as the pipeline applies it to the
-    benchmark's one bundle: a profile's updates together (in arrival order) against one state
-    decode and encode, states kept encoded as the runner keeps them (live states would load the
-    collector); returns the final states. ``results``: also filled with what each update gave, by
+    benchmark's one bundle: a profile's updates together (in arrival order) against one state,
+    encoded once after them, states kept encoded as the runner keeps them (live states would load
+    the collector); returns the final states. ``results``: also filled with what each update gave, by
     update timestamp (unique per update): its records and, for the last of a profile's updates,
     the state bytes after it, for ``ExportRunnerTwin``."""
     groups: dict = {}
@@ -188,10 +188,11 @@ def run_logic(exporter: ProfileExporter, updates, results: Optional[dict] = None
     states = {}
     for profile_id, group in groups.items():
         state = ProfileState()
-        for update in group:
-            out = exporter.update(profile_id, state, update)
-            if results is not None:
-                results[update.timestamp_ms] = None, [record for record, _ in out]
+        if results is None:
+            exporter.update_all(profile_id, state, group)
+        else:
+            for update in group:
+                results[update.timestamp_ms] = None, [record for record, _ in exporter.update(profile_id, state, update)]
         encoded = states[profile_id] = profile_state.encode(state)
         if results is not None:
             results[group[-1].timestamp_ms] = encoded, results[group[-1].timestamp_ms][1]

@@ -135,14 +135,7 @@ class _ExportProfileChangesFn(beam.DoFn):
             state = self._exporter.seed(newest_row(found)) if found else ProfileState()
         else:
             armed = state.timer_ms
-        update = self._exporter.update
-        if n == 1:
-            out = update(key, state, updates[0])
-        else:
-            out = []
-            for one in updates:
-                out += update(key, state, one)
-        return self._finish(state, armed, out, profile, time_change)
+        return self._finish(state, armed, self._exporter.update_all(key, state, updates), profile, time_change)
 
     def _finish(self, state, armed, out, profile, time_change):
         if state.timer_ms != armed:

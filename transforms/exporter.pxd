@@ -15,6 +15,7 @@ cdef class ProfileExporter:
     cdef public PathMatcher mapped_attributes
     cdef public object until_ms, audience_ids, retention_ms, keeps_events, timed, consent, reads_now
     cdef public object consent_inputs, max_events, metadata, counts
-    cpdef list update(self, key, ProfileState state, update)
+    cpdef list update_all(self, key, ProfileState state, updates)
+    cpdef list update(self, key, ProfileState state, update, list out=*)
     cpdef _evaluate(self, key, ProfileState state, now, event_time_ms, identities_changed, attribute_written, out, dirty)
     cpdef _format(self, key, ProfileState state, views, plans, now, event_time_ms, out)

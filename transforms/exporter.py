@@ -30,7 +30,7 @@ Event time, per profile:
 from __future__ import annotations
 
 import collections
-from typing import FrozenSet, List, Optional, Tuple
+from typing import FrozenSet, List, Optional, Sequence, Tuple
 
 from transforms.audiences import AudienceSet, compile_consent
 from transforms.config import ExportConfig
@@ -109,9 +109,20 @@ class ProfileExporter:
             self._evaluate(key, state, now, now, False, False, out, dirty)
         return out
 
-    def update(self, key: str, state: ProfileState, update: ProfileUpdate) -> List[Tuple[ExportRecord, ExportPlan]]:
-        """Apply one update (after the changes due before it) and evaluate."""
+    def update_all(self, key: str, state: ProfileState,
+                   updates: Sequence[ProfileUpdate]) -> List[Tuple[ExportRecord, ExportPlan]]:
+        """``update`` with each of a profile's updates in turn (a bundle's, in arrival order)."""
         out: List[Tuple[ExportRecord, ExportPlan]] = []
+        for update in updates:
+            self.update(key, state, update, out)
+        return out
+
+    def update(self, key: str, state: ProfileState, update: ProfileUpdate,
+               out: Optional[List[Tuple[ExportRecord, ExportPlan]]] = None) -> List[Tuple[ExportRecord, ExportPlan]]:
+        """Apply one update (after the changes due before it) and evaluate; the records are
+        appended to ``out`` (a new list when None), which is returned."""
+        if out is None:
+            out = []
         now = update.timestamp_ms
         timer = state.timer_ms
         if timer is not None and timer < now:

@@ -1,5 +1,6 @@
 # profile_state.py's classes as extension types, for the compiled build (see transforms/core_build.py)
 
+cimport cython
 from transforms.merge cimport MergePolicies
 
 
@@ -11,3 +12,9 @@ cdef class ProfileState:
     cpdef tuple evaluated(self, now_ms, members=*)
     cpdef schedule(self, due_ms)
     cpdef prune_events(self, now_ms, retention_ms, max_events)
+
+
+cpdef bytes encode(ProfileState state)
+
+@cython.locals(state=ProfileState)
+cpdef ProfileState decode(data)
