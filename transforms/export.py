@@ -137,7 +137,7 @@ class _ExportProfileChangesFn(beam.DoFn):
             armed = state.timer_ms
         return self._finish(state, armed, self._exporter.update_all(key, state, updates), profile, time_change)
 
-    def _finish(self, state, armed, out, profile, time_change):
+    def _finish(self, state, armed, records, profile, time_change):
         if state.timer_ms != armed:
             if state.timer_ms is None:
                 time_change.clear()
@@ -147,10 +147,9 @@ class _ExportProfileChangesFn(beam.DoFn):
         self._writes += 1
         if self._writes % STATE_BYTES_SAMPLE == 1:
             self._state_bytes.update(len(profile_state.encode(state)))
-        if not out:
-            return ()
-        self._counts["records"] += len(out)   # by trigger and exits: counted by the exporter
-        return [record for record, _ in out]
+        if records:
+            self._counts["records"] += len(records)   # by trigger and exits: counted by the exporter
+        return records
 
 
 class _TimedExportProfileChangesFn(_ExportProfileChangesFn):
@@ -180,8 +179,8 @@ class _TimedExportProfileChangesFn(_ExportProfileChangesFn):
         if state is None or state.timer_ms is None or state.timer_ms > fired_ms:
             return ()  # superseded: the state already moved past this instant
         self._counts["timers_fired"] += 1
-        out = self._exporter.catch_up(key, state, fired_ms + 1)
-        return self._finish(state, None, out, profile, time_change)
+        records = [record for record, _ in self._exporter.catch_up(key, state, fired_ms + 1)]
+        return self._finish(state, None, records, profile, time_change)
 
 
 class GroupUpdatesByProfile(beam.DoFn):

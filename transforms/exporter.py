@@ -109,13 +109,13 @@ class ProfileExporter:
             self._evaluate(key, state, now, now, False, False, out, dirty)
         return out
 
-    def update_all(self, key: str, state: ProfileState,
-                   updates: Sequence[ProfileUpdate]) -> List[Tuple[ExportRecord, ExportPlan]]:
-        """``update`` with each of a profile's updates in turn (a bundle's, in arrival order)."""
+    def update_all(self, key: str, state: ProfileState, updates: Sequence[ProfileUpdate]) -> List[ExportRecord]:
+        """``update`` with each of a profile's updates in turn (a bundle's, in arrival order); the
+        records alone (``counts`` has their triggers)."""
         out: List[Tuple[ExportRecord, ExportPlan]] = []
         for update in updates:
             self.update(key, state, update, out)
-        return out
+        return [record for record, _ in out]
 
     def update(self, key: str, state: ProfileState, update: ProfileUpdate,
                out: Optional[List[Tuple[ExportRecord, ExportPlan]]] = None) -> List[Tuple[ExportRecord, ExportPlan]]:
