@@ -20,7 +20,7 @@ from transforms.core_build import PURE_ENV
 FULL = {"rules": ["--profiles", "200000"], "backfill": [1_000_000], "scaling": [100_000, 300_000],
         "backfill_large": ["--profiles", "10000000", "--repeat", "2"],
         "backfill_events": ["--profiles", "1000000", "--events", "10000000", "--repeat", "2"],
-        "streaming": ["--updates", "50000", "--profiles", "10000"],
+        "streaming": ["--updates", "50000", "--profiles", "10000", "--repeat", "5"],
         "memory": [100_000, 300_000, 1_000_000], "latency": [(200, 20), (2000, 10), (4000, 15), (5000, 15)], "sink": ["--records", "100000", "--shards", "4,16,64", "--seconds", "10"]}
 QUICK = {"rules": ["--profiles", "50000", "--repeat", "1"], "backfill": [200_000], "scaling": [100_000],
          "backfill_large": ["--profiles", "500000", "--repeat", "1"],
