@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Optional
 
-from bench.common import machine, timed_process
+from bench.common import OUT, machine, timed_process
 from transforms.core_build import PURE_ENV
 
 FULL = {"rules": ["--profiles", "200000"], "backfill": [1_000_000], "scaling": [100_000, 300_000],
@@ -87,8 +87,8 @@ def streaming_verdict(s: dict) -> str:
            ": there the grouping step is a cost.") + "\n\n"
         f"Where an update's CPU time goes (µs, `us_per_update`): the generating source {fmt(us.get('source'))}, the "
         f"runner's keyed-state dispatch {fmt(us.get('runner_keyed_state'))} (the bare DoFn is those two), the export "
-        f"logic itself {fmt(us.get('export_logic'))} (no Beam; a profile's updates applied together against one state "
-        "decode and encode, states kept encoded as the runner keeps them; `pure_updates_per_s`), what the runner "
+        f"logic itself {fmt(us.get('export_logic'))} (no Beam; a profile's updates applied together against one state, "
+        "encoded once after them and kept encoded as the runner keeps them; `pure_updates_per_s`), what the runner "
         "charges the export beyond counting (the grouping step, the timer parameter, records out and the step "
         "discarding them, the collector's passes: the twin below, fewer elements in the stateful step than the "
         f"bare DoFn's) {fmt(us.get('runner_timers_and_outputs'))}, and the logic as it costs inside the pipeline "
@@ -101,16 +101,15 @@ def streaming_verdict(s: dict) -> str:
         "grouped, the same number of full passes over no more objects takes longer (measured while building it: "
         "about 0.6 against 0.4 µs per object walked): the groups reach the updates in profile order, not in the "
         "order they sit in memory. That is most of what the grouping costs the twin.\n\n"
-        "The compiled core (`transforms/core_build.py`: the per-update modules compiled unchanged by Cython 3 "
-        "at install) spends less CPU on the logic than its Python source (the table above: `export_logic`); "
-        "inside the pipeline the difference is within the runs' noise. "
-        "Measured and not adopted: Cython `.pxd` declarations beside the modules (typed attributes, `cdef` "
-        "classes) took the logic alone from about 12.0 to 10.5 µs per update (before grouping), at the price of "
-        "a second declaration of every class's fields to keep in step with the Python and of behaviour that "
-        "differs between the builds; not worth 1.5 µs. Earlier rounds took the logic from 16-17.8 to "
-        "14.9-15.4 µs per update (timestamp-ordered writes walk the nested update and the view together; only "
-        "the audiences to evaluate are looped over; the state decode fills the slots directly), and grouping "
-        "took it to about 8 (a state decode and encode per profile per bundle instead of per update).\n\n"
+        "The compiled core (`transforms/core_build.py`: the per-update modules compiled by Cython 3 at install, "
+        "their classes declared as extension types in `.pxd` files beside them) spends less CPU on the logic than "
+        "its Python source (the table above: `export_logic`). How the logic alone came down: from 16-17.8 to "
+        "14.9-15.4 µs per update (timestamp-ordered writes walk the nested update and the view together; only the "
+        "audiences to evaluate are looped over; the state decode fills the slots directly), to about 8 with "
+        "grouping (a state decode and encode per profile per bundle instead of per update), then to about 6.5 with "
+        "the extension types (attributes read as slots, direct calls between the compiled modules), the mapped "
+        "attributes written as JSON while their key tree is walked, and qualification times formatted by day "
+        "and table.\n\n"
         f"The ceiling, measured directly: `ExportRunnerTwin` deals with the runner exactly as the export does "
         f"(the same grouping step, the same state cell holding the export's own state bytes, the same timer "
         f"declared, the export's records emitted, then discarded) but looks its results up instead of computing "
@@ -121,7 +120,7 @@ def streaming_verdict(s: dict) -> str:
         f"{fmt(us.get('export_logic_in_pipeline'))} µs per update inside the pipeline (the export against the twin) "
         f"against {fmt(us.get('export_logic'))} alone; {fmt(quiet)} µs with the collector off in both runs "
         "(`export_logic_in_pipeline_without_collector`; runs on this machine do not split that difference "
-        f"reliably between the collector and colder caches). {needed}")
+        "reliably between the collector and colder caches)." + ("" if ratio >= 0.7 else f" {needed}"))
 
 
 def collector(s: dict) -> str:
@@ -365,7 +364,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller inputs; finishes in a few minutes")
     parser.add_argument("--output", default="BENCHMARKS.md")
+    parser.add_argument("--document", metavar="RESULTS_JSON",
+                        help="only write the document again from a run's saved results (bench/out/results.json)")
     args = parser.parse_args(argv)
+    if args.document:
+        with open(args.document) as f:
+            saved = json.load(f)
+        with open(args.output, "w") as f:
+            f.write(document(saved["results"], saved["quick"], saved["seconds"]))
+        return 0
     plan = QUICK if args.quick else FULL
     started = time.time()
     results = {}
@@ -388,6 +395,9 @@ def main(argv=None) -> int:
     results["rules"] = [r for r in run_module("bench.rules_bench", *plan["rules"]) if "profiles_per_s" in r]
     results["rules_pure"] = [r for r in run_module("bench.rules_bench", *plan["rules"], env={PURE_ENV: "1"})
                              if "profiles_per_s" in r]
+    os.makedirs(OUT, exist_ok=True)
+    with open(os.path.join(OUT, "results.json"), "w") as f:   # what --document writes the document from
+        json.dump({"results": results, "quick": args.quick, "seconds": time.time() - started}, f)
     with open(args.output, "w") as f:
         f.write(document(results, args.quick, time.time() - started))
     print(f"wrote {args.output} in {time.time() - started:.0f} s", file=sys.stderr)
