@@ -89,11 +89,12 @@ def install(environ=os.environ) -> None:
     """Called by ``transforms/__init__.py``, before any compiled module is imported."""
     if any(isinstance(finder, _PureSource) for finder in sys.meta_path):
         return
-    edited = [] if environ.get(PURE_ENV) == "1" else _edited()
+    asked = environ.get(PURE_ENV) == "1"
+    edited = [] if asked else _edited()
     for path in edited:
         _LOG.warning("%s was edited after it was compiled: running the per-update core from its Python "
                      "source (pip install -e . rebuilds it)", path)
-    if edited or environ.get(PURE_ENV) == "1":
+    if asked or edited:
         sys.meta_path.insert(0, _PureSource(frozenset(COMPILED_MODULES)))
 
 
