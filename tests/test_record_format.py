@@ -121,3 +121,17 @@ def test_qualification_times_over_more_days_than_the_dates_kept():
         assert (format_qualification_time(T + day * 86_400_000 + 3_723_000)
                 == (start + datetime.timedelta(days=day)).strftime("%Y-%m-%dT%H:%M:%SZ"))
     assert len(timeutil._DATES) <= timeutil._DATES_KEPT
+
+
+def test_entries_over_more_qualification_times_than_the_entries_kept():
+    """A formatter keeps the entry texts it wrote; past its bound it starts again, same bytes."""
+    from transforms import record_format
+    formatter = RecordFormatter(make_config())
+    start = datetime.datetime(2024, 5, 1, 10, 0, 0)
+    for n in range(record_format._ENTRIES_KEPT + 10):
+        for status in ("realized", "exited"):
+            time_text = (start + datetime.timedelta(seconds=n)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            assert formatter.format({}, [("aud-delorean", status, T + n * 1000)], {}).decode() == (
+                f'{{"segmentMembership":{{"ups":{{"aud-delorean":{{"lastQualificationTime":"{time_text}",'
+                f'"status":"{status}"}}}}}},"identityMap":{{}}}}')
+    assert len(formatter._entries) <= record_format._ENTRIES_KEPT

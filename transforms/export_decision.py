@@ -18,6 +18,8 @@ from transforms.config import ExportConfig, upload_expiries
 
 REALIZED, EXITED = "realized", "exited"
 AUDIENCE, IDENTITY, ATTRIBUTE, CONSENT, EXPIRY = "audience", "identity", "attribute", "consent", "expiry"
+# builds a NamedTuple without its generated ``__new__``, a Python function: a frame less per plan
+_new_tuple = tuple.__new__
 
 
 class ExportPlan(NamedTuple):
@@ -122,7 +124,7 @@ class ExportDecider:
                             + ((EXPIRY,) if any(expired) else ()))
             else:
                 triggers = touched_kinds
-            plans.append(ExportPlan(pid, ups, triggers))
+            plans.append(_new_tuple(ExportPlan, (pid, ups, triggers, True)))
         return tuple(plans)
 
     def opt_out(self, before: Mapping[str, int], policy_id: str, now_ms: int) -> Optional[ExportPlan]:

@@ -46,6 +46,8 @@ _NO_SEGMENTS: dict = {}
 _NO_ATTRIBUTES: dict = {}
 _NO_POLICIES: FrozenSet[str] = frozenset()
 _NO_AUDIENCES: FrozenSet[str] = frozenset()
+# builds a NamedTuple without its generated ``__new__``, a Python function: a frame less per record
+_new_tuple = tuple.__new__
 
 
 class ProfileExporter:
@@ -128,8 +130,8 @@ class ProfileExporter:
         if timer is not None and timer < now:
             self.catch_up(key, state, now, out)
             timer = state.timer_ms
-        leaves, changed, identities_changed, event_added = state.apply(update, self.policies, self.keeps_events)
-        attribute_written = bool(leaves) and self.mapped_attributes.any([p for p, _ in leaves])
+        written, changed, identities_changed, event_added = state.apply(update, self.policies, self.keeps_events)
+        attribute_written = bool(written) and self.mapped_attributes.any(written)
         evaluated = state.evaluated_ms
         dirty = None                                  # the audiences to evaluate (None: all)
         consent_read = bool(changed) and self.consent_inputs is not None and self.consent_inputs.any(changed)
@@ -239,7 +241,7 @@ class ProfileExporter:
             view = views[plan.policy_id] if plan.attributes else _NO_ATTRIBUTES
             metadata = self._metadata(key, state, plan, now) if self.metadata else ""
             data = self.formatter.format(view, plan.ups, state.identities, metadata)
-            out.append((ExportRecord(partition_key, data, event_time_ms), plan))
+            out.append((_new_tuple(ExportRecord, (partition_key, data, event_time_ms)), plan))
             for kind in plan.triggers:
                 counts[EXPORTS_BY_TRIGGER[kind]] += 1
             for _, status, _ in plan.ups:

@@ -6,4 +6,4 @@ cdef class MergePolicies:
     cpdef dict views(self, view, datasets)
 
 
-cpdef _write_in_order(dict node, dict stamps, attributes, str prefix, ts, list leaves, list changed, list deferred)
+cpdef _write_in_order(dict node, dict stamps, attributes, str prefix, ts, list written, list changed, list deferred)

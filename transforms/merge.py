@@ -144,7 +144,7 @@ def write_timestamp_view(view: dict, stamps: Dict[str, int], path: str, ts: int,
 
 
 def _write_in_order(node: dict, stamps: Dict[str, int], attributes: Mapping[str, Any], prefix: str, ts: int,
-                    leaves: List[Tuple[str, Any]], changed: List[str], deferred: List[Tuple[str, Any]]) -> None:
+                    written: List[str], changed: List[str], deferred: List[Tuple[str, Any]]) -> None:
     """``MergePolicies.write``'s walk: sets the leaves whose parents are objects or missing and
     whose old value is not an object (``write_timestamp_view``'s fast path), defers the others."""
     for key, value in attributes.items():
@@ -153,17 +153,17 @@ def _write_in_order(node: dict, stamps: Dict[str, int], attributes: Mapping[str,
             child = node.get(key)
             if child is None:               # nothing here yet: kept only if something is written
                 child = node[key] = {}
-                _write_in_order(child, stamps, value, path + ".", ts, leaves, changed, deferred)
+                _write_in_order(child, stamps, value, path + ".", ts, written, changed, deferred)
                 if not child:
                     del node[key]
             elif type(child) is dict:
-                _write_in_order(child, stamps, value, path + ".", ts, leaves, changed, deferred)
+                _write_in_order(child, stamps, value, path + ".", ts, written, changed, deferred)
             else:                           # an object replaces a leaf
                 below = attribute_leaves(value, path + ".")
-                leaves += below
+                written += [p for p, _ in below]
                 deferred += below
             continue
-        leaves.append((path, value))
+        written.append(path)
         if value is not None:
             old = node.get(key, _MISSING)
             if type(old) is not dict:
@@ -280,9 +280,9 @@ class MergePolicies:
 
     def write(self, view: dict, stamps: Dict[str, int], datasets: Datasets, attributes: Mapping[str, Any],
               dataset_id: Optional[str], timestamp_ms: int, seq: int,
-              changed_paths: List[str]) -> List[Tuple[str, Any]]:
-        """``record`` for an update's partial nested attributes; returns its leaf writes
-        ``(path, value)``. With only ``timestamp_ordered`` policies and no newer stamp (the
+              changed_paths: List[str]) -> List[str]:
+        """``record`` for an update's partial nested attributes; returns the paths of its leaf
+        writes. With only ``timestamp_ordered`` policies and no newer stamp (the
         common case in a stream), the view is written while the attributes are walked, without
         a dotted path split per leaf; the writes this fast path does not cover (deletes, an
         object replacing a leaf or a leaf an object) follow in order, as ``record`` does them.
@@ -290,13 +290,13 @@ class MergePolicies:
         if self.precedence or (stamps and max(stamps.values()) > timestamp_ms):
             leaves = attribute_leaves(attributes)
             self.record(view, stamps, datasets, leaves, dataset_id, timestamp_ms, seq, changed_paths)
-            return leaves
-        leaves, deferred = [], []
-        _write_in_order(view, stamps, attributes, "", timestamp_ms, leaves, changed_paths, deferred)
+            return [path for path, _ in leaves]
+        written, deferred = [], []
+        _write_in_order(view, stamps, attributes, "", timestamp_ms, written, changed_paths, deferred)
         for path, value in deferred:
             if write_timestamp_view(view, stamps, path, timestamp_ms, value, True):
                 changed_paths.append(path)
-        return leaves
+        return written
 
     def views(self, view: dict, datasets: Datasets) -> Dict[str, dict]:
         """One view per policy in use; the timestamp-ordered policies share ``view``."""

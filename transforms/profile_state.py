@@ -36,7 +36,7 @@ import bisect
 import marshal
 import pickle
 from operator import itemgetter
-from typing import Any, Collection, Dict, FrozenSet, List, Optional, Tuple
+from typing import Collection, Dict, FrozenSet, List, Optional, Tuple
 
 from transforms.merge import Datasets, MergePolicies, attribute_leaves, merge_identities
 from transforms.model import ProfileUpdate, SnapshotProfile
@@ -81,20 +81,20 @@ class ProfileState:
         return state
 
     def apply(self, update: ProfileUpdate, policies: MergePolicies,
-              keep_events: bool) -> Tuple[List[Tuple[str, Any]], List[str], bool, bool]:
-        """Apply one update; returns the attribute writes ``(path, value)``, the paths of those
-        that may have changed a view, whether the identity map changed and whether an event was
-        kept (only when some rule reads events)."""
+              keep_events: bool) -> Tuple[List[str], List[str], bool, bool]:
+        """Apply one update; returns the paths of its attribute writes, of those that may have
+        changed a view, whether the identity map changed and whether an event was kept (only
+        when some rule reads events)."""
         self.seq += 1
         changed_paths: List[str] = []
-        leaves = policies.write(self.view, self.stamps, self.datasets, update.attributes, update.dataset_id,
+        written = policies.write(self.view, self.stamps, self.datasets, update.attributes, update.dataset_id,
                                 update.timestamp_ms, self.seq, changed_paths) if update.attributes else []
         identities_changed = (merge_identities(self.identities, update.identities,
                                                update.identity_removals)
                               if update.identities or update.identity_removals else False)
         event = update.event
         if event is None or not keep_events:
-            return leaves, changed_paths, identities_changed, False
+            return written, changed_paths, identities_changed, False
         if "timestamp" not in event:
             event = {**event, "timestamp": update.timestamp_ms}
         events = self.events
@@ -102,7 +102,7 @@ class ProfileState:
             events.append(event)
         else:
             bisect.insort(events, event, key=_EVENT_TIME)
-        return leaves, changed_paths, identities_changed, True
+        return written, changed_paths, identities_changed, True
 
     def views(self, policies: MergePolicies) -> Dict[str, dict]:
         """The view of each merge policy in use."""

@@ -5,7 +5,8 @@ nested key tree in output order (attributes in mapping order, a nested object wh
 mapped path is; a mapped path under another mapped path is covered by it), and per audience the
 JSON text around ``lastQualificationTime`` for each status. A record is then the mapped values
 present written as JSON along that tree (its keys' text prepared too), string joins, and the
-identity map.
+identity map. The text of each ``ups`` entry is kept once written (a bounded number): a profile's
+records carry the same entries while its memberships last.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ MAX_PARTITION_KEY_CHARS = 256
 
 _quote = json.encoder.encode_basestring  # ensure_ascii=False escaping, as the records use
 _ID_SEPARATOR = '},{"id":'               # between the ids of one namespace in ``identityMap``
+_ENTRIES_KEPT = 4096                     # ``ups`` entry texts kept by a formatter
 
 
 def _json_default(value: Any) -> Any:
@@ -108,6 +110,7 @@ class RecordFormatter:
         mapping = {m.id: m for m in config.mapping.audiences}
         self._head: Dict[str, str] = {}
         self._tail: Dict[Tuple[str, str], str] = {}
+        self._entries: Dict[Tuple[str, str, int], str] = {}   # ``ups`` entry -> its text (``_entry``)
         for aud in config.audiences:
             extra = []
             if dest.include_segment_timestamps:
@@ -123,6 +126,16 @@ class RecordFormatter:
             for status in ("realized", "exited"):
                 self._tail[aud.id, status] = f'","status":"{status}"{static}}}'
 
+    def _entry(self, entry: Tuple[str, str, int]) -> str:
+        """An entry's JSON text, kept (``_ENTRIES_KEPT`` at most): the records of one profile
+        carry the same entries again while its memberships last."""
+        audience_id, status, ms = entry
+        text = self._head[audience_id] + format_qualification_time(ms) + self._tail[audience_id, status]
+        if len(self._entries) >= _ENTRIES_KEPT:
+            self._entries.clear()
+        self._entries[entry] = text
+        return text
+
     def ups_entry_parts(self, audience_id: str, status: str) -> Tuple[str, str]:
         """The JSON text before and after an entry's ``lastQualificationTime`` value (the
         vectorized backfill builds the same entries from them)."""
@@ -137,9 +150,15 @@ class RecordFormatter:
         """Compact UTF-8 JSON: mapped attributes present on ``view``, ``segmentMembership``
         with ``ups`` as ``(audience_id, status, lastQualificationTime ms)``, the identity map,
         then ``metadata`` (``export_metadata``'s member, or nothing)."""
-        head, tail = self._head, self._tail
+        entries = self._entries
+        texts = []
+        for entry in ups:
+            text = entries.get(entry)
+            if text is None:
+                text = self._entry(entry)
+            texts.append(text)
         attributes = _members(view, self._member_tree)
-        ups = ",".join([head[a] + format_qualification_time(ms) + tail[a, s] for a, s, ms in ups])
+        ups = ",".join(texts)
         ids = ",".join([_quote(ns) + (':[{"id":' + _ID_SEPARATOR.join(map(_quote, values)) + "}]" if values else ":[]")
                         for ns, values in identities.items()]) if identities else ""
         start = "{" + attributes + "," if attributes else "{"
