@@ -14,14 +14,15 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that
-from apache_beam.transforms.window import GlobalWindow, IntervalWindow, TimestampedValue
+from apache_beam.transforms.window import FixedWindows, GlobalWindow, IntervalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from tests.export_helpers import audience, make_config
 from transforms.audiences import AudienceSet
 from transforms.config import Activation, AudienceDefinition, MappedAudience, MergePolicyConfig, UploadSource
-from transforms.export import ExportProfileChanges, GroupUpdatesByProfile, ProfileStateCoder
+from transforms.export import (ExportProfileChanges, GroupUpdatesByProfile, GroupUpdatesByProfileAndWindow,
+                               ProfileStateCoder)
 from transforms.merge import MergePolicies
 from transforms.model import ProfileUpdate, SegmentStatus, SnapshotProfile
 from transforms.profile_state import ProfileState
@@ -323,10 +324,13 @@ def test_watermark_driven_timers_on_streaming_input(tmp_path):
 
 def grouped(fn, bundle):
     """What ``fn`` emits for one bundle of (update, timestamp s, window): as (profile id, update
-    times, timestamp s, window), in emission order."""
+    times, timestamp s, window), in emission order. (The global-window grouping is handed the
+    update alone, as the runner does.)"""
     fn.start_bundle()
+    windowed = isinstance(fn, GroupUpdatesByProfileAndWindow)
     out = [wv for update, ts, window in bundle
-           for wv in fn.process(update, WindowedValue(update, Timestamp(ts), (window,)))]
+           for wv in (fn.process(update, WindowedValue(update, Timestamp(ts), (window,))) if windowed
+                      else fn.process(update))]
     out += fn.finish_bundle()
     return [(wv.value[0], [x.timestamp_ms for x in GroupUpdatesByProfile.updates_of(wv.value[1])],
              wv.timestamp.micros // 10 ** 6, wv.windows) for wv in out]
@@ -349,10 +353,49 @@ G, W1, W2 = GlobalWindow(), IntervalWindow(0, 60), IntervalWindow(60, 120)
     (1, [(u("a", 1), 1, G), (u("a", 2), 2, G)], [("a", [1], 1, (G,)), ("a", [2], 2, (G,))]),
 ])
 def test_a_bundles_updates_of_a_profile_go_on_together(held, bundle, expected):
-    fn = GroupUpdatesByProfile(held)
+    fn = GroupUpdatesByProfileAndWindow(held)
     assert grouped(fn, bundle) == expected
     update, ts, window = bundle[0]
     assert grouped(fn, [bundle[0]]) == [(update.profile_id, [update.timestamp_ms], ts, (window,))]  # nothing left over
+
+
+S = 1000  # ms
+
+
+@pytest.mark.parametrize("held,bundle,expected", [
+    # in the global window a group is stamped with the latest time of its updates (not the
+    # elements' timestamps, which the readers make the same)
+    (100, [(u("a", 1 * S), 5, G), (u("b", 2 * S), 6, G), (u("a", 9 * S), 1, G), (u("a", 7 * S), 7, G)],
+     [("a", [1 * S, 9 * S, 7 * S], 9, (G,)), ("b", [2 * S], 2, (G,))]),
+    (2, [(u("a", 1 * S), 1, G), (u("b", 2 * S), 2, G), (u("a", 3 * S), 3, G), (u("a", 4 * S), 4, G)],
+     [("a", [1 * S], 1, (G,)), ("b", [2 * S], 2, (G,)), ("a", [3 * S, 4 * S], 4, (G,))]),
+])
+def test_in_the_global_window_a_group_is_stamped_with_its_latest_update_time(held, bundle, expected):
+    assert grouped(GroupUpdatesByProfile(held), bundle) == expected
+
+
+@pytest.mark.parametrize("windowing,grouping", [
+    (None, GroupUpdatesByProfile),
+    (FixedWindows(60), GroupUpdatesByProfileAndWindow),
+])
+def test_the_export_groups_per_window_only_when_the_updates_are_windowed(windowing, grouping):
+    p = beam.Pipeline()   # built, not run
+    updates = p | beam.Create(stamped([u("p-1", T0, DELOREAN)]))
+    if windowing is not None:
+        updates = updates | beam.WindowInto(windowing)
+    updates | ExportProfileChanges(CONFIG)
+    found = []
+    p.visit(_DoFnsFound(found))
+    assert [type(fn) for fn in found if isinstance(fn, GroupUpdatesByProfile)] == [grouping]
+
+
+class _DoFnsFound(beam.pipeline.PipelineVisitor):
+    def __init__(self, found):
+        self.found = found
+
+    def visit_transform(self, node):
+        if isinstance(node.transform, beam.ParDo):
+            self.found.append(node.transform.fn)
 
 
 def test_holding_no_update_is_refused():
