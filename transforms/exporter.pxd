@@ -13,7 +13,7 @@ cdef class ProfileExporter:
     cdef public ExportDecider decider
     cdef public RecordFormatter formatter
     cdef public PathMatcher mapped_attributes
-    cdef public object until_ms, audience_ids, retention_ms, keeps_events, timed, consent, reads_now
+    cdef public object until_ms, audience_ids, retention_ms, keeps_events, timed, expiring, consent, reads_now
     cdef public object consent_inputs, max_events, metadata, counts
     cpdef list update_all(self, key, ProfileState state, updates)
     cpdef list update(self, key, ProfileState state, update, list out=*)

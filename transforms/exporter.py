@@ -76,6 +76,7 @@ class ProfileExporter:
         self.retention_ms = audiences.event_retention_ms
         self.keeps_events = self.retention_ms != 0   # some rule reads events
         self.timed = audiences.timed                 # events leave windows, or uploads expire
+        self.expiring = bool(audiences.expiries)     # uploads expire
         self.consent = compile_consent(config.activation.consent) if config.activation.consent else None
         rules = list(audiences.rules.values()) + ([self.consent] if self.consent else [])
         self.reads_now = any(rule.reads_now for rule in rules)   # every update evaluates every rule
@@ -171,9 +172,10 @@ class ProfileExporter:
         views = state.views(self.policies)
         members = self.audiences.evaluate(views, state.identities, state.events, now, dirty, state.realized)
         before, after = state.evaluated(now, members)
-        # the next time change moves only with the events, the time or the memberships (upload
-        # expiries); otherwise the pending one is still the next
-        if self.timed and (dirty is None or after is not before or not dirty.isdisjoint(self.audiences.time_readers)):
+        # the next time change moves only with the events, the time or, with expiring uploads, the
+        # memberships; otherwise the pending one is still the next (nothing is due before it)
+        if self.timed and (dirty is None or (after is not before and self.expiring)
+                           or not dirty.isdisjoint(self.audiences.time_readers)):
             due = self.audiences.next_change_ms(state.events, now, members)
             state.schedule(None if due is None or due <= now or (self.until_ms is not None and due > self.until_ms)
                            else due)
