@@ -151,7 +151,7 @@ class ExportRunnerTwin(beam.DoFn):
     """The export's dealings with the runner without its logic: the same grouping step before it
     (a bundle's updates of a profile together), the same state cell (bytes the runner passes
     through), the same timer declared, the export's own state bytes written and its records
-    emitted for each group, looked up instead of computed. Against the bare DoFn it is what the
+    emitted for each group (as one element), looked up instead of computed. Against the bare DoFn it is what the
     runner charges the export beyond counting; against the export, what its logic costs inside
     the pipeline; alone, the ratio the export would have if its logic cost nothing."""
     PROFILE = ReadModifyWriteStateSpec("profile", BytesCoder())
@@ -168,7 +168,7 @@ class ExportRunnerTwin(beam.DoFn):
         updates = GroupUpdatesByProfile.updates_of(element[1])
         records = [record for update in updates for record in results[update.timestamp_ms][1]]
         profile.write(results[updates[-1].timestamp_ms][0])
-        return records
+        return (records,) if records else ()   # as the export: a group's records as one element
 
     @on_timer(TIME_CHANGE)
     def on_time_change(self):

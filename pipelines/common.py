@@ -250,8 +250,11 @@ def count(pcoll: beam.PCollection, name: str, size: Optional[Callable[[object], 
 
 
 def record_count(element) -> int:
-    """Records in an output element: a backfill's ``ExportRecordBatch`` holds many."""
+    """Records in an output element: a backfill's ``ExportRecordBatch`` holds many, as does a
+    list of a profile's records (the streaming export's)."""
     from transforms.model import ExportRecordBatch
+    if type(element) is list:
+        return len(element)
     return element.size if isinstance(element, ExportRecordBatch) else 1
 
 

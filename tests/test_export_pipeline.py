@@ -192,12 +192,15 @@ def by_profile(expected):
 
 
 class _Stamp(beam.DoFn):
-    """A record is stamped no earlier than what produced it: the update (stamped with its own time,
-    as the readers do; a bundle's updates of a profile share the latest of their times; a
-    time-window change caught up by a later update is stamped with that update's) or the timer."""
-    def process(self, record, ts=beam.DoFn.TimestampParam):
-        assert ts >= Timestamp(micros=record.event_time_ms * 1000), (record, ts)
-        yield record.partition_key, record.event_time_ms, record.data
+    """An element is one profile's records, none of them stamped before what produced it: the
+    update (stamped with its own time, as the readers do; a bundle's updates of a profile share
+    the latest of their times; a time-window change caught up by a later update is stamped with
+    that update's) or the timer."""
+    def process(self, records, ts=beam.DoFn.TimestampParam):
+        assert type(records) is list and len({record.partition_key for record in records}) == 1, records
+        for record in records:
+            assert ts >= Timestamp(micros=record.event_time_ms * 1000), (record, ts)
+            yield record.partition_key, record.event_time_ms, record.data
 
 
 def stamped(updates):

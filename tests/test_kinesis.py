@@ -504,6 +504,21 @@ def test_mid_bundle_flush_by_records_bytes_and_delay(tmp_path, limits, seen):
     assert got == seen and out == [] and len(fake.delivered) == 8
 
 
+def test_a_profiles_records_as_one_element_go_out_in_order(tmp_path):
+    """A list of records (``ExportProfileChanges`` emits a profile's records together) is written
+    as its records one by one: in order, limits applied per record, an oversize one dead-lettered."""
+    fake = FakeKinesis()
+    fn = write_fn(tmp_path, fake, records=3, max_record_bytes=1024)
+    profile = [ExportRecord("p-1", b'{"i":%d}' % i, None) for i in range(4)]
+    seen, out = run_fn(fn, [profile, [ExportRecord("p-2", b"x" * 2000, None)], ExportRecord("p-3", b"{}", None)])
+    # more than 3 held within the list: sent before the next element, a request per record of
+    # the one key (a partition key is never in two requests at once)
+    assert seen == [4, 4, 4, 5]
+    assert [(f.value.partition_key, f.value.error_code) for f in out] == [("p-2", "RecordTooLarge")]
+    assert [key for key, _ in fake.delivered] == ["p-1"] * 4 + ["p-3"]
+    assert [data for key, data in fake.delivered if key == "p-1"] == [b'{"i":%d}' % i for i in range(4)]
+
+
 def test_setup_makes_no_call(tmp_path):
     fake = FakeKinesis()
     fn = write_fn(tmp_path, fake)

@@ -5,7 +5,9 @@ together, for one stateful DoFn with one ``ReadModifyWriteState`` cell (the whol
 ``ProfileState``, ``ProfileStateCoder``) and, only when some rule reads events or an upload
 expires, one event-time timer: each state cell or timer costs the DirectRunner a per-key,
 per-bundle price (docs/DEVELOPING.md), and each element a per-element one, which the grouping
-pays once per profile per bundle. A record is stamped no earlier than what produced it: with the
+pays once per profile per bundle. The records of such a step leave together, as one element (a
+list, in order), for the same reason: each element costs the runner, and a sink's DoFn, its
+per-element price again. A record is stamped no earlier than what produced it: with the
 latest time of its profile's updates in the bundle (their ``timestamp_ms``, the time the readers
 stamp each update with; under a windowing other than the global window, the latest of the
 elements' own timestamps), or with its timer's; a time-window change caught up by a later update
@@ -149,9 +151,10 @@ class _ExportProfileChangesFn(beam.DoFn):
         self._writes += 1
         if self._writes % STATE_BYTES_SAMPLE == 1:
             self._state_bytes.update(len(profile_state.encode(state)))
-        if records:
-            self._counts["records"] += len(records)   # by trigger and exits: counted by the exporter
-        return records
+        if not records:
+            return ()
+        self._counts["records"] += len(records)   # by trigger and exits: counted by the exporter
+        return (records,)   # one element: the runner and the sink pay per element, not per record
 
 
 class _TimedExportProfileChangesFn(_ExportProfileChangesFn):
@@ -264,9 +267,11 @@ def holds_expiring_upload(snapshot: SnapshotProfile, expiring: FrozenSet[str]) -
 
 
 class ExportProfileChanges(beam.PTransform):
-    """``PCollection[ProfileUpdate]`` -> ``PCollection[ExportRecord]`` (docs/semantics.md#exports), optionally
-    seeded from ``PCollection[SnapshotProfile]``; ``until_ms`` caps time-window changes in a
-    bounded replay."""
+    """``PCollection[ProfileUpdate]`` -> ``PCollection[List[ExportRecord]]`` (docs/semantics.md#exports):
+    each element is one profile's records from one step (a bundle's updates of the profile, or a
+    timer), in order; ``KinesisWrite`` and ``WriteRecordFiles`` take such lists as they come
+    (``beam.FlatMap(iter)`` makes single records of them). Optionally seeded from
+    ``PCollection[SnapshotProfile]``; ``until_ms`` caps time-window changes in a bounded replay."""
 
     def __init__(self, config: ExportConfig, seed: Optional[beam.PCollection] = None,
                  until_ms: Optional[int] = None, max_grouped_updates: int = DEFAULT_MAX_GROUPED_UPDATES):

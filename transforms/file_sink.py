@@ -3,8 +3,8 @@ in ``PATH/records-*.jsonl`` (docs/semantics.md#command-lines), for dry runs.
 
 One line builder for every path: ``record_lines`` concatenates escaped keys and data with
 pyarrow kernels (the data is already compact JSON: no re-parse). ``ExportRecordBatch``
-elements (backfill) go through it as they come; ``ExportRecord`` elements (streaming, replay)
-are buffered and go through it ``_FLUSH_RECORDS`` at a time and when the bundle finishes. One
+elements (backfill) go through it as they come; ``ExportRecord`` elements and lists of them
+(streaming, replay: a profile's records together) are buffered and go through it ``_FLUSH_RECORDS`` at a time and when the bundle finishes. One
 file per bundle under a unique name, written under a temporary name and renamed when the
 bundle finishes, so it works unwindowed in streaming as in batch and a reader never sees a
 half-written file.
@@ -45,8 +45,12 @@ class _WriteRecordFilesFn(beam.DoFn):
             self._writer.write(record_lines(element.partition_keys, element.parts))
             self._written.inc(element.size)
             return
-        self._keys.append(element[0])
-        self._data.append(element[1])
+        if type(element) is list:   # a profile's records, in order (``ExportProfileChanges``)
+            self._keys += [record[0] for record in element]
+            self._data += [record[1] for record in element]
+        else:
+            self._keys.append(element[0])
+            self._data.append(element[1])
         if len(self._keys) >= _FLUSH_RECORDS:
             self._flush()
 
@@ -63,7 +67,8 @@ class _WriteRecordFilesFn(beam.DoFn):
 
 
 class WriteRecordFiles(beam.PTransform):
-    """``ExportRecord`` or ``ExportRecordBatch`` elements -> ``<directory>/records-*.jsonl``."""
+    """``ExportRecord`` elements, lists of them or ``ExportRecordBatch`` elements ->
+    ``<directory>/records-*.jsonl``."""
 
     def __init__(self, directory: str):
         super().__init__()

@@ -956,8 +956,12 @@ class _KinesisWriteFn(beam.DoFn):
         self._context = (None, None)  # (timestamp, window) of the last record
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
-        if isinstance(element, ExportRecordBatch):   # a backfill batch: its records one by one
-            return [out for record in element.records() for out in self.process(record, timestamp, window)]
+        if type(element) is list:                    # a profile's records, in order (ExportProfileChanges)
+            records = element
+        elif isinstance(element, ExportRecordBatch):   # a backfill batch: its records one by one
+            records = element.records()
+        else:
+            records = (element,)
         # a plain function, not a generator: most elements produce nothing, cheaply
         sender = self._sender
         context = self._context
@@ -965,12 +969,19 @@ class _KinesisWriteFn(beam.DoFn):
             # a batch's records (and many streamed ones) share one: a tuple per record held
             # for a round trip or more makes Python's full garbage collections more frequent
             context = self._context = (timestamp, window)
-        oversize = sender.add(element[0], element[1], element[2] if len(element) > 2 else None, context)
-        report = sender.send(self._max_records, self._max_bytes)
-        if oversize is None and report is None:
-            return ()
-        out = list(self._dead_letter([(oversize, context)], rejected=0)) if oversize is not None else []
-        return out + list(self._account(report)) if report is not None else out
+        out = None
+        for record in records:
+            oversize = sender.add(record[0], record[1], record[2] if len(record) > 2 else None, context)
+            report = sender.send(self._max_records, self._max_bytes)
+            if oversize is None and report is None:
+                continue
+            if out is None:
+                out = []
+            if oversize is not None:
+                out += self._dead_letter([(oversize, context)], rejected=0)
+            if report is not None:
+                out += self._account(report)
+        return out or ()
 
     def finish_bundle(self):
         yield from self._account(self._sender.flush())
@@ -1035,8 +1046,9 @@ class _KinesisWriteFn(beam.DoFn):
 
 
 class KinesisWrite(beam.PTransform):
-    """Writes ``ExportRecord`` (or ``(partition_key, data[, event_time_ms])``) elements to the
-    destination's stream; returns the undelivered ones as ``FailedRecord``, each in the window
+    """Writes ``ExportRecord`` (or ``(partition_key, data[, event_time_ms])``) elements, lists of
+    them (a profile's records in order, as ``ExportProfileChanges`` emits them) and
+    ``ExportRecordBatch`` elements to the destination's stream; returns the undelivered ones as ``FailedRecord``, each in the window
     and at the timestamp of its record.
 
     ``expand`` checks the stream once (ListStreams and an empty PutRecords; ``check=False`` when
