@@ -149,11 +149,12 @@ class CountPerKeyTimed(CountPerKey):
 
 class ExportRunnerTwin(beam.DoFn):
     """The export's dealings with the runner without its logic: the same grouping step before it
-    (a bundle's updates of a profile together), the same state cell (bytes the runner passes
-    through), the same timer declared, the export's own state bytes written and its records
-    emitted for each group (as one element), looked up instead of computed. Against the bare DoFn it is what the
-    runner charges the export beyond counting; against the export, what its logic costs inside
-    the pipeline; alone, the ratio the export would have if its logic cost nothing."""
+    (a bundle's updates of a profile together, as bytes, decoded here as the export decodes them),
+    the same state cell (bytes the runner passes through), the same timer declared, the export's
+    own state bytes written and its records emitted for each group (as one element), looked up
+    instead of computed. Against the bare DoFn it is what the runner charges the export beyond
+    counting; against the export, what its logic costs inside the pipeline; alone, the ratio the
+    export would have if its logic cost nothing."""
     PROFILE = ReadModifyWriteStateSpec("profile", BytesCoder())
     TIME_CHANGE = TimerSpec("time_change", TimeDomain.WATERMARK)
 

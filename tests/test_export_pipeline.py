@@ -362,6 +362,27 @@ def test_a_bundles_updates_of_a_profile_go_on_together(held, bundle, expected):
     assert grouped(fn, [bundle[0]]) == [(update.profile_id, [update.timestamp_ms], ts, (window,))]  # nothing left over
 
 
+@pytest.mark.parametrize("updates", [
+    [u("a", 1)],
+    [u("a", 1, {"person": {"name": {"firstName": "Zoë"}, "tags": ["x", None]}, "score": 1.5}, dataset="crm",
+       ids={"email": ("a@x.com", "b@x.com")}, removals={"ecid": ("1",)}),
+     u("a", 2, {"person": None}, event={"eventType": "web", "timestamp": 2, "nested": {"n": [1, {"k": True}]}})],
+    # values plain data cannot hold (an Avro date, a decimal) come back too
+    [u("a", 3, {"birth": datetime.date(1985, 10, 26)}, event={"at": datetime.datetime(2024, 5, 1, 10, 0)})],
+])
+def test_a_group_hands_its_updates_on_whole(updates):
+    fn = GroupUpdatesByProfile()
+    fn.start_bundle()
+    for update in updates:
+        assert fn.process(update) == ()
+    (group,) = fn.finish_bundle()
+    profile_id, carried = group.value
+    assert profile_id == "a" and type(carried) is bytes   # one flat value per profile, not object graphs
+    back = GroupUpdatesByProfile.updates_of(carried)
+    assert list(back) == updates and all(type(update) is ProfileUpdate for update in back)
+    assert all(type(update.identities) is dict and type(update.attributes) is dict for update in back)
+
+
 S = 1000  # ms
 
 
