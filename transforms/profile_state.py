@@ -82,18 +82,17 @@ class ProfileState:
         """Apply one update; returns the paths of its attribute writes, of those that may have
         changed a view, whether the identity map changed and whether an event was kept (only
         when some rule reads events)."""
+        _, timestamp_ms, dataset_id, identities, identity_removals, attributes, event = update
         self.seq += 1
         changed_paths: List[str] = []
-        written = policies.write(self.view, self.stamps, self.datasets, update.attributes, update.dataset_id,
-                                update.timestamp_ms, self.seq, changed_paths) if update.attributes else []
-        identities_changed = (merge_identities(self.identities, update.identities,
-                                               update.identity_removals)
-                              if update.identities or update.identity_removals else False)
-        event = update.event
+        written = policies.write(self.view, self.stamps, self.datasets, attributes, dataset_id,
+                                 timestamp_ms, self.seq, changed_paths) if attributes else []
+        identities_changed = (merge_identities(self.identities, identities, identity_removals)
+                              if identities or identity_removals else False)
         if event is None or not keep_events:
             return written, changed_paths, identities_changed, False
         if "timestamp" not in event:
-            event = {**event, "timestamp": update.timestamp_ms}
+            event = {**event, "timestamp": timestamp_ms}
         events = self.events
         if not events or events[-1]["timestamp"] <= event["timestamp"]:
             events.append(event)
