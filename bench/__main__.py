@@ -200,10 +200,13 @@ def consent_cost(s: dict) -> list:
     c = s.get("consent")
     if not c:
         return []
+    more = c.get("us_per_update_more") or 0
+    cost = (f"{fmt(more)} CPU µs more per update" if more > 0 else
+            f"no cost this run can measure: {fmt(-more)} CPU µs less per update, within the noise between runs")
     return [f"With `activation.consent` on (`--variant consent`: the same updates, one in twenty also writing the "
             f"consent attribute, so profiles opt out and back in): {fmt(c['export_updates_per_s'])} updates/s, "
             f"{fmt(c['relative_to_export'])} of the export without it in the same run "
-            f"({fmt(c.get('us_per_update_more'))} CPU µs more per update; "
+            f"({cost}; "
             f"{fmt(c['consent_opt_outs'])} opt-out and {fmt(c['consent_opt_ins'])} opt-in records, "
             f"{fmt(c['consent_withheld'])} records withheld). The consent rule is one more compiled rule per "
             "evaluation and reads attributes only, so no timer or event history is added.", ""]
