@@ -38,7 +38,14 @@ package was installed with Cython, its Python source with ``KINESIS_EXPORT_PURE_
 ``--variant consent`` also runs, alternating with the others, the same export with
 ``activation.consent`` on (a consent attribute written by one update in twenty, so profiles opt
 out and back in) and reports its throughput and its ratio to the export without it: what
-consent costs.
+consent costs. ``--variant activation`` does the same with every activation control that acts
+per update on: consent as above, the identity trigger switched off and export metadata on every
+record (an ``_export`` id hashed per record, a sequence per merge policy in the state); its
+report also gives the state bytes per profile, which the sequences add to. (The other controls
+cost no update anything: data-usage labels are checked against the mapping when the job starts,
+and an expiring upload is one more due time of the event-time timer, which a config whose rules
+read no events declares for it alone: ``us_timer_parameter`` gives that price.)
+Give both to measure both.
 """
 from __future__ import annotations
 
@@ -88,9 +95,16 @@ CONFIG = ExportConfig(
     ))
 
 
-# consent by default (an absent value is not "n"); the consent variant's updates flip it
+# consent by default (an absent value is not "n"); the variants' updates flip it
 CONSENT_CONFIG = dataclasses.replace(CONFIG, activation=Activation(
     "email-targeting", 'not consents.marketing.email.val = "n"'))
+VARIANTS = {
+    "consent": CONSENT_CONFIG,
+    # every activation control that acts per update
+    "activation": dataclasses.replace(
+        CONSENT_CONFIG, destination=dataclasses.replace(CONFIG.destination, include_export_metadata=True),
+        activation=dataclasses.replace(CONSENT_CONFIG.activation, triggers=("audience", "attribute"))),
+}
 
 
 def generate(chunk: int, updates: int, profiles: int, consent: bool = False) -> Iterator[ProfileUpdate]:
@@ -262,7 +276,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--updates", type=int, default=50_000)
     parser.add_argument("--profiles", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3, help="alternating runs; the best of each counts")
-    parser.add_argument("--variant", choices=("consent",), help="also measure the export with this control on")
+    parser.add_argument("--variant", choices=tuple(VARIANTS), action="append", default=[],
+                        help="also measure the export with these controls on (repeat for more than one)")
     parser.add_argument("--memory", type=int, metavar="PROFILES",
                         help="only the export pipeline over PROFILES updates and profile ids (peak RSS is "
                              "measured by the caller)")
@@ -277,8 +292,8 @@ def main(argv=None) -> dict:
     exporter = ProfileExporter(CONFIG, AudienceSet.from_config(CONFIG), until_ms=T0 + n * 1000)
     run_logic(exporter, updates, common.IN_PROCESS.setdefault("export_results", {}))
     inf = float("inf")
-    baseline_s = export_s = source_s = consent_s = inf
-    baseline_cpu = export_cpu = source_cpu = consent_cpu = timed_cpu = twin_cpu = inf
+    baseline_s = export_s = source_s = inf
+    baseline_cpu = export_cpu = source_cpu = timed_cpu = twin_cpu = inf
     baseline_gc = export_gc = twin_gc = inf
     twin_quiet_cpu = export_quiet_cpu = inf   # the collector off
     ungrouped_s = ungrouped_cpu = inf         # every update applied on its own (max_grouped_updates=1)
@@ -303,13 +318,13 @@ def main(argv=None) -> dict:
     distinct_n, distinct_k = n // 2, n * 1000
     distinct = {"bare": (inf, inf), "grouped": (inf, inf), "one": (inf, inf)}   # least wall and CPU seconds
 
-    consent_result = None
+    variants = {name: [inf, inf, None] for name in args.variant}   # least wall and CPU seconds, a result
     for _ in range(args.repeat):
-        if args.variant == "consent":
-            seconds, cpu, _, consent_result = _run(lambda p: _source(p, n, k, consent=True)
-                                                | ExportProfileChanges(CONSENT_CONFIG, until_ms=T0 + n * 1000)
-                                                | "Discard" >> beam.Map(lambda r: None))
-            consent_s, consent_cpu = min(consent_s, seconds), min(consent_cpu, cpu)
+        for name, best in variants.items():
+            seconds, cpu, _, best[2] = _run(lambda p, config=VARIANTS[name]: _source(p, n, k, consent=True)
+                                            | ExportProfileChanges(config, until_ms=T0 + n * 1000)
+                                            | "Discard" >> beam.Map(lambda r: None))
+            best[0], best[1] = min(best[0], seconds), min(best[1], cpu)
         seconds, cpu, _, _ = _run(lambda p: _source(p, n, k))
         source_s, source_cpu = min(source_s, seconds), min(source_cpu, cpu)
         seconds, cpu, collected, _ = _run(count)
@@ -389,15 +404,21 @@ def main(argv=None) -> dict:
         "state_bytes_per_profile_mean": round(sum(sizes) / len(sizes)),
         "state_bytes_per_profile_max": max(sizes),
     }
-    if consent_result is not None:
-        found = {c.key.metric.name: c.committed for c in consent_result.metrics().query()["counters"]}
-        report["consent"] = {
-            "export_updates_per_s": round(n / consent_s),
-            "relative_to_export": round(export_s / consent_s, 3),
-            "cpu_relative_to_export": round(export_cpu / consent_cpu, 3),
-            "us_per_update_more": round((consent_cpu - export_cpu) / n * 1e6, 1),
+    if variants:
+        flipping = [u for chunk in range((n + CHUNK - 1) // CHUNK) for u in generate(chunk, n, k, consent=True)]
+    for name, (seconds, cpu, result) in variants.items():
+        found = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
+        config = VARIANTS[name]
+        variant_sizes = [len(s) for s in run_logic(ProfileExporter(config, AudienceSet.from_config(config),
+                                                                   T0 + n * 1000), flipping).values()]
+        report[name] = {
+            "export_updates_per_s": round(n / seconds),
+            "relative_to_export": round(export_s / seconds, 3),
+            "cpu_relative_to_export": round(export_cpu / cpu, 3),
+            "us_per_update_more": round((cpu - export_cpu) / n * 1e6, 1),
             "records": found.get("records"),
-            **{name: found.get(name, 0) for name in ("consent_withheld", "consent_opt_outs", "consent_opt_ins")}}
+            "state_bytes_per_profile_mean": round(sum(variant_sizes) / len(variant_sizes)),
+            **{counter: found.get(counter, 0) for counter in ("consent_withheld", "consent_opt_outs", "consent_opt_ins")}}
     print(json.dumps(report))
     return report
 
