@@ -197,7 +197,7 @@ class GroupUpdatesByProfile(beam.DoFn):
     as one bytes value (``model.encode_updates``): a runner that holds a step's output in memory
     (the DirectRunner holds whole bundles) holds one flat object per profile, not the updates'
     object graphs, which the garbage collector's passes would walk again and again (they took
-    about half of the export's CPU beyond the bare keyed DoFn's on the BundleBasedDirectRunner);
+    about 40% of what the export cost beyond a bare keyed DoFn on the BundleBasedDirectRunner);
     a runner that shuffles between the steps (Dataflow, Flink) copies bytes instead of pickling
     each update (4x slower to encode, 1.7x larger). At most
     ``max_updates`` are held: past that the groups go on at once, so a large bundle that a runner

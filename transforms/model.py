@@ -1,7 +1,8 @@
 """The domain values that flow between transforms.
 
 Plain NamedTuples: cheap to build on the hot path, picklable, and encoded by Beam's
-default coders without registration.
+default coders without registration. ``dumps``/``loads`` are the compact encoding of plain
+data that the profile state and a profile's grouped updates travel in.
 """
 from __future__ import annotations
 
