@@ -367,7 +367,7 @@ def test_a_bundles_updates_of_a_profile_go_on_together(held, bundle, expected):
     [u("a", 1, {"person": {"name": {"firstName": "Zoë"}, "tags": ["x", None]}, "score": 1.5}, dataset="crm",
        ids={"email": ("a@x.com", "b@x.com")}, removals={"ecid": ("1",)}),
      u("a", 2, {"person": None}, event={"eventType": "web", "timestamp": 2, "nested": {"n": [1, {"k": True}]}})],
-    # values plain data cannot hold (an Avro date, a decimal) come back too
+    # values marshal cannot hold (a date, a datetime, as Avro decodes them) come back too
     [u("a", 3, {"birth": datetime.date(1985, 10, 26)}, event={"at": datetime.datetime(2024, 5, 1, 10, 0)})],
 ])
 def test_a_group_hands_its_updates_on_whole(updates):
